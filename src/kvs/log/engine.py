@@ -1,0 +1,787 @@
+"""``LogStore``: the Bitcask-style log engine behind ``KvStore.open``.
+
+Parts, each in its own module: ``fs`` (the file-system seam), ``filenames``, ``record`` (data
+files), ``hintfile``, ``recovery`` (open), ``compaction`` (merge) and ``durability`` (fsync
+policies). This module wires them together and owns the in-memory state.
+
+Thread safety / invariants
+--------------------------
+* Writers (set, remove, write, rotation, the index swap of a compaction) hold ``_lock``; they
+  copy the record into the active file's map *before* they publish its location in ``_index``.
+* Readers take no lock. ``_index`` maps a key to an int *location*::
+
+      file_id << 64 | offset << 32 | record_size << 1 | key_is_str
+
+  and ``_views`` maps a file number to a buffer. A location in ``_index`` always names a
+  complete, checksummed record in a file that is in ``_views``, or (for a moment during a
+  rotation or compaction) a file whose buffer was just swapped or closed; a reader that trips
+  on that retries once under ``_lock`` (``_get_slow``).
+* ``_sync_lock`` is held by whoever fsyncs the active file or replaces it; lock order is
+  ``_lock`` then ``_sync_lock``. Compactions are serialised by ``_compaction_lock``.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import os
+import struct
+import threading
+import weakref
+import zlib
+from collections.abc import Iterator
+from typing import NoReturn
+
+from kvs.errors import (
+    CorruptionError,
+    KeyNotFound,
+    KvsError,
+    LimitError,
+    ReadOnlyError,
+    StorageError,
+    StoreClosedError,
+    StoreLockedError,
+)
+from kvs.log import compaction, filenames, hintfile, record
+from kvs.log.durability import Durability
+from kvs.log.fs import AppendFile, FileSystem, LockHandle, OsFileSystem, ReadBuffer
+from kvs.log.recovery import FileState, location_size, now_ms, recover
+from kvs.store import Key, KvStore, SyncPolicy, Value, WriteBatch, to_bytes
+
+log = logging.getLogger("kvs")
+
+_HEADER_PACK = record.RECORD_HEADER.pack
+_CRC_PACK = record.CRC.pack
+_crc32 = zlib.crc32
+_RESIDUE = record.CRC_RESIDUE
+_HEAD = record.RECORD_HEADER_SIZE
+_SIZE_MASK = hintfile.SIZE_MASK
+_U32 = 0xFFFFFFFF
+_VALUE_STR = record.VALUE_STR
+_EXPIRES = struct.Struct("<Q")
+
+MIB = 1 << 20
+#: Format ceiling for one record (offsets and sizes are 31-32 bits in a location).
+_MAX_VALUE_CEILING = 1 << 30
+
+#: At close, write a hint for the active file only if this many bytes are not yet covered.
+HINT_AT_CLOSE_MIN_BYTES = 256 << 10
+
+_open_stores: weakref.WeakSet[LogStore] = weakref.WeakSet()
+
+
+def _after_fork_in_child() -> None:
+    for store in list(_open_stores):
+        store._disown(
+            f"store {store.path} was opened in process {store._owner_pid}; "
+            "a forked child must open the store itself"
+        )
+
+
+os.register_at_fork(after_in_child=_after_fork_in_child)
+
+
+class _Unusable(dict[bytes, int]):
+    """Stands in for the index of a closed store: every read raises ``StoreClosedError``."""
+
+    def __init__(self, reason: str) -> None:
+        super().__init__()
+        self.reason = reason
+
+    def _raise(self, *args: object) -> NoReturn:
+        raise StoreClosedError(self.reason)
+
+    get = __getitem__ = __contains__ = __iter__ = __len__ = _raise  # type: ignore[assignment]
+    items = keys = values = pop = _raise  # type: ignore[assignment]
+
+
+class LogStore(KvStore):
+    """The log engine. Open with ``KvStore.open(path, **options)``; options:
+
+    ``sync``
+        ``"always"``, ``"everysec"`` (default) or ``"no"``; see ``kvs.log.durability``.
+    ``max_file_size``
+        Data files rotate at this size (default 64 MiB).
+    ``max_key_size`` / ``max_value_size``
+        Larger keys or values raise ``LimitError`` (defaults 1 MiB and 512 MiB).
+    ``compaction_min_stale_bytes`` / ``compaction_stale_ratio``
+        Compaction starts in the background once the bytes of overwritten, removed and expired
+        records pass both this many bytes (default 8 MiB) and this multiple of the live bytes
+        (default 1.0, i.e. half the data is garbage).
+    ``auto_compact``
+        ``False`` leaves compaction to explicit ``compact()`` calls.
+    ``fs``
+        The file-system seam (tests pass a fault-injecting one).
+    """
+
+    def __init__(
+        self,
+        path: str,
+        *,
+        sync: SyncPolicy = "everysec",
+        max_file_size: int = 64 * MIB,
+        max_key_size: int = 1 * MIB,
+        max_value_size: int = 512 * MIB,
+        compaction_min_stale_bytes: int = 8 * MIB,
+        compaction_stale_ratio: float = 1.0,
+        auto_compact: bool = True,
+        fs: FileSystem | None = None,
+    ) -> None:
+        if sync not in ("always", "everysec", "no"):
+            raise ValueError(f"sync must be 'always', 'everysec' or 'no', not {sync!r}")
+        if not 1 <= max_value_size <= _MAX_VALUE_CEILING:
+            raise ValueError(f"max_value_size must be between 1 and {_MAX_VALUE_CEILING}")
+        if not 1 <= max_key_size <= _MAX_VALUE_CEILING:
+            raise ValueError(f"max_key_size must be between 1 and {_MAX_VALUE_CEILING}")
+        if not 4096 <= max_file_size < 1 << 32:
+            raise ValueError("max_file_size must be at least 4096 and below 4 GiB")
+        self.path = os.path.abspath(os.fspath(path))
+        self._fs: FileSystem = fs if fs is not None else OsFileSystem()
+        self._max_file_size = max_file_size
+        self._max_key = max_key_size
+        self._max_value = max_value_size
+        self._min_stale = compaction_min_stale_bytes
+        self._stale_ratio = compaction_stale_ratio
+        self._auto_compact = auto_compact
+        self._sync_policy: SyncPolicy = sync
+        self._sync_always = sync == "always"
+        self._owner_pid = os.getpid()
+
+        self._lock = threading.Lock()
+        self._sync_lock = threading.Lock()
+        self._compaction_lock = threading.Lock()
+        self._compaction_thread: threading.Thread | None = None
+        self._closed = False
+        self._failure: str | None = None
+
+        self._lock_handle = self._take_lock()
+        try:
+            self._open_files()
+        except BaseException:
+            self._lock_handle.close()
+            raise
+        self._durability = Durability(sync, self._sync_active, self._on_sync_failure)
+        _open_stores.add(self)
+
+    # -- opening -----------------------------------------------------------------------------
+
+    def _take_lock(self) -> LockHandle:
+        fs = self._fs
+        try:
+            fs.makedirs(self.path)
+            lock_path = filenames.lock_file(self.path)
+            try:
+                handle = fs.lock(lock_path)
+            except BlockingIOError:
+                raise StoreLockedError(self.path, self._read_owner(lock_path)) from None
+            handle.write_owner(f"{os.getpid()}\n")
+        except OSError as error:
+            if isinstance(error, KvsError):
+                raise
+            raise StorageError(getattr(error, "filename", None) or self.path, error) from None
+        return handle
+
+    def _read_owner(self, lock_path: str) -> int | None:
+        try:
+            return int(self._fs.read_bytes(lock_path).split()[0])
+        except (OSError, ValueError, IndexError):
+            return None
+
+    def _open_files(self) -> None:
+        try:
+            found = recover(self._fs, self.path)
+        except OSError as error:
+            if isinstance(error, KvsError):
+                raise
+            raise StorageError(getattr(error, "filename", None) or self.path, error) from None
+        self._index: dict[bytes, int] = found.index
+        self._expiry: dict[bytes, int] = found.expiry
+        self._views: dict[int, ReadBuffer] = {}
+        self._sealed: dict[int, FileState] = {}
+        self._next_id = found.next_id
+        self._active_tombstones: set[bytes] = set()
+        self._total = 0  # bytes of records in all data files
+        self._pos_base = 0  # logical position of the active file's offset 0 (durability)
+        try:
+            newest = found.files[-1] if found.files else None
+            for state in found.files:
+                if state is newest and state.end < self._max_file_size:
+                    break
+                assert state.reader is not None
+                self._views[state.file_id] = state.reader.buffer
+                self._sealed[state.file_id] = state
+                self._total += state.end - record.FILE_HEADER_SIZE
+            if newest is not None and newest.file_id not in self._sealed:
+                assert newest.reader is not None
+                newest.reader.close()
+                newest.reader = None
+                if found.torn_newest:
+                    self._fs.truncate(newest.path, newest.end)
+                self._active_tombstones = found.newest_tombstones
+                self._set_active(newest, self._fs.open_append(newest.path, self._max_file_size))
+                if found.torn_newest:
+                    self._active.sync()
+            else:
+                self._start_new_active(self._max_file_size)
+        except BaseException:
+            for state in found.files:
+                if state.reader is not None:
+                    state.reader.close()
+            raise
+        self._live = sum(map(location_size, self._index.values()))
+        self._compact_at = self._compaction_threshold()
+
+    def _set_active(self, state: FileState, handle: AppendFile) -> None:
+        self._active_state = state
+        self._active = handle
+        self._buffer = handle.buffer
+        self._base = state.file_id << 64
+        self._off = state.end
+        self._total += state.end - record.FILE_HEADER_SIZE
+        self._limit = handle.reserve(state.end)
+        self._views[state.file_id] = handle.buffer
+
+    def _start_new_active(self, capacity: int, reserve_ids: int = 0) -> None:
+        file_id = self._next_id + reserve_ids
+        self._next_id = file_id + 1
+        nonce = record.new_nonce()
+        path = filenames.data_file(self.path, file_id)
+        writer = self._fs.create(path)
+        try:
+            writer.write(record.encode_file_header(file_id, nonce))
+            writer.sync()
+        finally:
+            writer.close()
+        # The new file's name must be durable before any write in it is acknowledged.
+        self._fs.fsync_dir(self.path)
+        state = FileState(file_id, nonce, path, record.FILE_HEADER_SIZE, 0)
+        self._active_tombstones = set()
+        self._set_active(state, self._fs.open_append(path, capacity))
+
+    def _compaction_threshold(self) -> int:
+        return max(self._min_stale, int(self._live * self._stale_ratio))
+
+    # -- reads -------------------------------------------------------------------------------
+
+    def get(self, key: Key) -> Value | None:
+        if type(key) is str:
+            key = key.encode()
+        elif type(key) is not bytes:
+            key = to_bytes(key, "key")
+        location = self._index.get(key)
+        if location is None:
+            return None
+        if self._expiry and self._expired(key):
+            return None
+        offset = (location >> 32) & _U32
+        end = offset + ((location >> 1) & _SIZE_MASK)
+        try:
+            data = self._views[location >> 64][offset:end]
+        except (KeyError, ValueError):
+            return self._get_slow(key)
+        if _crc32(data) != _RESIDUE:
+            self._raise_corrupt(location)
+        if data[0] & _VALUE_STR:
+            return data[_HEAD + len(key) : -4].decode()
+        return data[_HEAD + len(key) : -4]
+
+    def _get_slow(self, key: bytes) -> Value | None:
+        """A get that raced a file swap: retry with writers held off."""
+        with self._lock:
+            if self._closed:
+                raise StoreClosedError(f"store {self.path} is closed")
+            location = self._index.get(key)
+            if location is None:
+                return None
+            offset = (location >> 32) & _U32
+            data = self._views[location >> 64][offset : offset + location_size(location)]
+        if _crc32(data) != _RESIDUE:
+            self._raise_corrupt(location)
+        value = data[_HEAD + len(key) : -4]
+        return value.decode() if data[0] & _VALUE_STR else value
+
+    def _raise_corrupt(self, location: int) -> NoReturn:
+        raise CorruptionError(
+            filenames.data_file(self.path, location >> 64),
+            (location >> 32) & _U32,
+            "record checksum mismatch on read",
+        )
+
+    def _expired(self, key: bytes) -> bool:
+        expires = self._expiry.get(key)
+        return expires is not None and expires <= now_ms()
+
+    def ttl(self, key: Key) -> float | None:
+        """Seconds until ``key`` expires; ``None`` if it has no expiry; raises if absent."""
+        raw = to_bytes(key, "key")
+        if self._index.get(raw) is None or self._expired(raw):
+            raise KeyNotFound(key)
+        expires = self._expiry.get(raw)
+        return None if expires is None else max(0.0, (expires - now_ms()) / 1000)
+
+    def scan(self, prefix: Key = b"") -> Iterator[Key]:
+        raw_prefix = to_bytes(prefix, "prefix")
+        items = list(self._index.items())  # one C-level copy: a consistent snapshot
+        expiry = self._expiry
+        clock = now_ms() if expiry else 0
+        keys = sorted(
+            (key, location & 1)
+            for key, location in items
+            if key.startswith(raw_prefix) and not (expiry and 0 < expiry.get(key, 0) <= clock)
+        )
+        for key, is_str in keys:
+            yield key.decode() if is_str else key
+
+    def __len__(self) -> int:
+        if self._expiry:
+            clock = now_ms()
+            return len(self._index) - sum(
+                1 for key, ms in list(self._expiry.items()) if ms <= clock and key in self._index
+            )
+        return len(self._index)
+
+    # -- writes ------------------------------------------------------------------------------
+
+    def _encode(self, key: Key, value: Value, ttl: float | None) -> tuple[bytes, bytes, int]:
+        """``(raw key, record, expires_ms)`` for a set; checks types and limits."""
+        if type(key) is str:
+            raw_key = key.encode()
+            flags = record.KEY_STR
+        else:
+            raw_key = to_bytes(key, "key")
+            flags = 0
+        if type(value) is str:
+            raw_value = value.encode()
+            flags |= _VALUE_STR
+        else:
+            raw_value = to_bytes(value, "value")
+        if len(raw_key) > self._max_key:
+            raise LimitError(f"key of {len(raw_key)} bytes is over the limit of {self._max_key}")
+        if len(raw_value) > self._max_value:
+            raise LimitError(
+                f"value of {len(raw_value)} bytes is over the limit of {self._max_value}"
+            )
+        expires_ms = 0
+        if ttl is not None:
+            if not ttl > 0:
+                raise ValueError(f"ttl must be a positive number of seconds, not {ttl!r}")
+            expires_ms = now_ms() + max(1, int(ttl * 1000))
+        body = _HEADER_PACK(flags, len(raw_key), len(raw_value), expires_ms) + raw_key + raw_value
+        return raw_key, body + _CRC_PACK(_crc32(body)), expires_ms
+
+    def set(self, key: Key, value: Value, ttl: float | None = None) -> None:
+        raw_key, rec, expires_ms = self._encode(key, value, ttl)
+        size = len(rec)
+        with self._lock:
+            if self._failure is not None:
+                self._refuse_write()
+            offset = self._off
+            end = offset + size
+            if end > self._limit:
+                offset = self._make_room(size)
+                end = offset + size
+            self._buffer[offset:end] = rec
+            self._off = end
+            index = self._index
+            old = index.get(raw_key)
+            index[raw_key] = self._base | (offset << 32) | (size << 1) | (rec[0] >> 2 & 1)
+            self._total += size
+            if old is None:
+                self._live += size
+            else:
+                self._live += size - ((old >> 1) & _SIZE_MASK)
+                if self._total - self._live > self._compact_at:
+                    self._schedule_compaction()
+            if expires_ms:
+                self._expiry[raw_key] = expires_ms
+            elif self._expiry:
+                self._expiry.pop(raw_key, None)
+            if self._active_tombstones:
+                self._active_tombstones.discard(raw_key)
+            position = self._pos_base + end
+        if self._sync_always:
+            self._durability.wait(position)
+
+    def remove(self, key: Key) -> None:
+        raw_key = to_bytes(key, "key")
+        rec = record.encode_record(record.TOMBSTONE, raw_key, b"")
+        size = len(rec)
+        with self._lock:
+            if self._failure is not None:
+                self._refuse_write()
+            old = self._index.get(raw_key)
+            if old is None or (self._expiry and self._expired(raw_key)):
+                raise KeyNotFound(key)
+            offset = self._off
+            if offset + size > self._limit:
+                offset = self._make_room(size)
+            self._buffer[offset : offset + size] = rec
+            self._off = offset + size
+            del self._index[raw_key]
+            self._expiry.pop(raw_key, None)
+            self._active_tombstones.add(raw_key)
+            self._total += size
+            self._live -= location_size(old)
+            if self._total - self._live > self._compact_at:
+                self._schedule_compaction()
+            position = self._pos_base + self._off
+        if self._sync_always:
+            self._durability.wait(position)
+
+    def write(self, batch: WriteBatch) -> None:
+        if not batch.ops:
+            return
+        prepared: list[tuple[bool, bytes, bytes, int, bool]] = []
+        for op, key, value, ttl, missing_ok in batch.ops:
+            if op == "set":
+                assert value is not None
+                raw_key, rec, expires_ms = self._encode(key, value, ttl)
+                prepared.append((True, raw_key, rec, expires_ms, False))
+            else:
+                raw_key = to_bytes(key, "key")
+                rec = record.encode_record(record.TOMBSTONE, raw_key, b"")
+                prepared.append((False, raw_key, rec, 0, missing_ok))
+        with self._lock:
+            if self._failure is not None:
+                self._refuse_write()
+            # Decide which removes are real before writing anything: all or nothing.
+            present: dict[bytes, bool] = {}
+            members: list[tuple[bool, bytes, bytes, int]] = []
+            for is_set, raw_key, rec, expires_ms, missing_ok in prepared:
+                if raw_key not in present:
+                    present[raw_key] = raw_key in self._index and not (
+                        self._expiry and self._expired(raw_key)
+                    )
+                if not is_set and not present[raw_key]:
+                    if missing_ok:
+                        continue
+                    raise KeyNotFound(raw_key)
+                present[raw_key] = is_set
+                members.append((is_set, raw_key, rec, expires_ms))
+            if not members:
+                return
+            container = record.encode_batch([rec for _, _, rec, _ in members])
+            size = len(container)
+            offset = self._off
+            if offset + size > self._limit:
+                offset = self._make_room(size)
+            self._buffer[offset : offset + size] = container
+            self._off = offset + size
+            self._total += size
+            inner = offset + _HEAD
+            index, expiry = self._index, self._expiry
+            for is_set, raw_key, rec, expires_ms in members:
+                old = index.get(raw_key)
+                if old is not None:
+                    self._live -= location_size(old)
+                if is_set:
+                    index[raw_key] = self._base | (inner << 32) | (len(rec) << 1) | (rec[0] >> 2 & 1)
+                    self._live += len(rec)
+                    if expires_ms:
+                        expiry[raw_key] = expires_ms
+                    else:
+                        expiry.pop(raw_key, None)
+                    self._active_tombstones.discard(raw_key)
+                else:
+                    index.pop(raw_key, None)
+                    expiry.pop(raw_key, None)
+                    self._active_tombstones.add(raw_key)
+                inner += len(rec)
+            if self._total - self._live > self._compact_at:
+                self._schedule_compaction()
+            position = self._pos_base + self._off
+        if self._sync_always:
+            self._durability.wait(position)
+
+    def _refuse_write(self) -> NoReturn:
+        if self._closed:
+            raise StoreClosedError(self._failure or f"store {self.path} is closed")
+        raise ReadOnlyError(f"store {self.path} is read-only: {self._failure}; reopen it")
+
+    def _make_room(self, size: int) -> int:
+        """Room for ``size`` more bytes: reserve disk blocks, or rotate. Returns the offset.
+
+        Requires ``_lock``.
+        """
+        end = self._off + size
+        try:
+            if end <= self._active.capacity:
+                self._limit = self._active.reserve(end)
+                return self._off
+            self._rotate(max(self._max_file_size, record.FILE_HEADER_SIZE + size))
+            self._limit = self._active.reserve(self._off + size)
+        except OSError as error:
+            if isinstance(error, KvsError):
+                raise
+            raise StorageError(self._active.path, error) from None
+        return self._off
+
+    def _rotate(self, capacity: int, reserve_ids: int = 0) -> None:
+        """Seal the active file (hint, sync, trim) and start a new one. Requires ``_lock``."""
+        with self._sync_lock:
+            old_end = self._off
+            self._seal_active()
+            self._pos_base += old_end
+            self._start_new_active(capacity, reserve_ids)
+        self._durability_mark(self._pos_base)
+
+    def _durability_mark(self, position: int) -> None:
+        durability = getattr(self, "_durability", None)
+        if durability is not None:
+            durability.mark_synced(position)
+
+    def _seal_active(self) -> None:
+        """Requires ``_lock`` and ``_sync_lock``."""
+        state = self._active_state
+        state.end = self._off
+        if state.end > max(state.hinted, record.FILE_HEADER_SIZE):
+            self._write_hint(state)
+        self._active.sync()
+        self._active.close(state.end)
+        reader = self._fs.open_read(state.path)
+        state.reader = reader
+        self._views[state.file_id] = reader.buffer
+        self._sealed[state.file_id] = state
+
+    def _write_hint(self, state: FileState) -> None:
+        """A hint for the active file as it is now. Requires ``_lock``. Best effort."""
+        low, high = state.file_id << 64, (state.file_id + 1) << 64
+        mask = (1 << 64) - 1
+        keys: list[bytes] = []
+        locations: list[int] = []
+        expiries: dict[int, int] = {}
+        expiry = self._expiry
+        for key, location in self._index.items():
+            if low <= location < high:
+                if expiry and key in expiry:
+                    expiries[len(keys)] = expiry[key]
+                keys.append(key)
+                locations.append(location & mask)
+        for key in self._active_tombstones:
+            keys.append(key)
+            locations.append(0)
+        path = filenames.hint_file(self.path, state.file_id)
+        temp = filenames.temp_file(path)
+        data = hintfile.encode(state.file_id, state.nonce, state.end, keys, locations, expiries)
+        try:
+            writer = self._fs.create(temp)
+            try:
+                writer.write(data)
+                writer.sync()
+            finally:
+                writer.close()
+            self._fs.rename(temp, path)
+            self._fs.fsync_dir(self.path)
+            state.hinted = state.end
+        except OSError as error:
+            log.warning("could not write hint file %s: %s", path, error)
+            with contextlib.suppress(OSError):
+                self._fs.remove(temp)
+
+    # -- durability --------------------------------------------------------------------------
+
+    def _sync_active(self) -> int:
+        """fdatasync the active file; return the logical position now durable."""
+        with self._sync_lock:
+            if self._closed:
+                return 0
+            target = self._pos_base + self._off
+            if target > self._durability.synced:
+                try:
+                    self._active.sync()
+                except OSError as error:
+                    if isinstance(error, KvsError):
+                        raise
+                    raise StorageError(self._active.path, error) from None
+            return target
+
+    def _on_sync_failure(self, error: BaseException) -> None:
+        log.error("fsync of %s failed: %s; the store is now read-only", self.path, error)
+        self._failure = f"fsync failed: {error}"
+
+    def sync(self) -> None:
+        """Make every write so far durable now, whatever the policy."""
+        if self._closed:
+            raise StoreClosedError(f"store {self.path} is closed")
+        self._durability.sync_now()
+        if self._failure is not None:
+            self._refuse_write()
+
+    # -- compaction --------------------------------------------------------------------------
+
+    def _schedule_compaction(self) -> None:
+        """Start a background compaction unless one runs. Requires ``_lock``."""
+        if not self._auto_compact or self._closed:
+            return
+        thread = self._compaction_thread
+        if thread is not None and thread.is_alive():
+            return
+        # Until the compaction measures again, do not ask on every write.
+        self._compact_at = self._total
+        thread = threading.Thread(target=self._background_compact, name="kvs-compaction")
+        thread.daemon = True
+        self._compaction_thread = thread
+        thread.start()
+
+    def _background_compact(self) -> None:
+        try:
+            self.compact()
+        except StoreClosedError:
+            pass
+        except Exception:
+            log.exception("background compaction of %s failed", self.path)
+
+    def compact(self) -> None:
+        with self._compaction_lock:
+            self._compact()
+
+    def _compact(self) -> None:
+        fs = self._fs
+        with self._lock:
+            if self._closed:
+                raise StoreClosedError(f"store {self.path} is closed")
+            if self._failure is not None:
+                self._refuse_write()
+            if not self._sealed and self._off == record.FILE_HEADER_SIZE:
+                return
+            # Every file but a fresh active one is an input; outputs get the numbers between.
+            reserve = 2 * (len(self._sealed) + 1) + 1
+            first_output = self._next_id
+            try:
+                self._rotate(self._max_file_size, reserve_ids=reserve)
+            except OSError as error:
+                if isinstance(error, KvsError):
+                    raise
+                raise StorageError(self.path, error) from None
+            input_ids = sorted(self._sealed)
+            snapshot = [
+                (key, location)
+                for key, location in list(self._index.items())
+                if (location >> 64) in self._sealed
+            ]
+            views = dict(self._views)
+        output_ids = iter(range(first_output, first_output + reserve))
+        try:
+            result = compaction.merge(
+                fs, self.path, snapshot, views, output_ids, self._max_file_size, now_ms()
+            )
+        except StopIteration:
+            raise KvsError("compaction needed more output files than it reserved") from None
+        except OSError as error:
+            if isinstance(error, KvsError):
+                raise
+            raise StorageError(getattr(error, "filename", None) or self.path, error) from None
+
+        readers = {out.file_id: fs.open_read(out.path) for out in result.outputs}
+        with self._lock:
+            for out in result.outputs:
+                state = FileState(out.file_id, out.nonce, out.path, out.end, out.end)
+                state.reader = readers[out.file_id]
+                self._views[out.file_id] = state.reader.buffer
+                self._sealed[out.file_id] = state
+                self._total += out.end - record.FILE_HEADER_SIZE
+        self._swap_locations(result)
+        with self._lock:
+            removed = [self._sealed.pop(file_id) for file_id in input_ids]
+            for state in removed:
+                del self._views[state.file_id]
+                self._total -= state.end - record.FILE_HEADER_SIZE
+            self._compact_at = self._compaction_threshold()
+        for state in removed:  # oldest first: see kvs.log.compaction
+            if state.reader is not None:
+                state.reader.close()
+            try:
+                fs.remove(state.path)
+                hint_path = filenames.hint_file(self.path, state.file_id)
+                if state.hinted:
+                    with contextlib.suppress(FileNotFoundError):
+                        fs.remove(hint_path)
+            except OSError as error:
+                raise StorageError(state.path, error) from None
+        fs.fsync_dir(self.path)
+
+    def _swap_locations(self, result: compaction.MergeResult) -> None:
+        """Point index entries at the copies, unless a newer write moved them meanwhile."""
+        chunk = 10_000  # hold the write lock in short spells
+        moves = result.moves
+        for start in range(0, len(moves), chunk):
+            with self._lock:
+                index = self._index
+                for key, old, new in moves[start : start + chunk]:
+                    if index.get(key) == old:
+                        index[key] = new
+        with self._lock:
+            for key, old in result.expired:
+                if self._index.get(key) == old:
+                    del self._index[key]
+                    self._expiry.pop(key, None)
+                    self._live -= location_size(old)
+
+    # -- closing -----------------------------------------------------------------------------
+
+    def close(self) -> None:
+        if self._closed:
+            return
+        thread = self._compaction_thread
+        if thread is not None and thread is not threading.current_thread():
+            thread.join()
+        with self._compaction_lock, self._lock:
+            if self._closed:
+                return
+            self._closed = True
+            self._failure = self._failure or f"store {self.path} is closed"
+            self._durability.stop()
+            errors: list[BaseException] = []
+            with self._sync_lock:
+                state = self._active_state
+                state.end = self._off
+                if state.end - max(state.hinted, record.FILE_HEADER_SIZE) >= (
+                    HINT_AT_CLOSE_MIN_BYTES
+                ):
+                    self._write_hint(state)
+                try:
+                    self._active.sync()
+                except OSError as error:
+                    errors.append(error)
+                try:
+                    self._active.close(state.end)
+                except OSError as error:
+                    errors.append(error)
+            for sealed in self._sealed.values():
+                if sealed.reader is not None:
+                    sealed.reader.close()
+            self._disown(f"store {self.path} is closed")
+            self._lock_handle.close()
+            _open_stores.discard(self)
+        if errors:
+            raise StorageError(self._active.path, errors[0]) from errors[0]  # type: ignore[arg-type]
+
+    def _disown(self, reason: str) -> None:
+        """Make every further use raise ``StoreClosedError(reason)`` (close, or after fork)."""
+        self._closed = True
+        self._failure = reason
+        self._index = _Unusable(reason)
+        self._views = {}
+
+    def __del__(self) -> None:
+        if getattr(self, "_closed", True) is False and self._owner_pid == os.getpid():
+            with contextlib.suppress(Exception):
+                self.close()
+
+    def stats(self) -> dict[str, int | float | str]:
+        with self._lock:
+            if self._closed:
+                raise StoreClosedError(f"store {self.path} is closed")
+            return {
+                "engine": "kvs",
+                "keys": len(self._index),
+                "live_bytes": self._live,
+                "stale_bytes": self._total - self._live,
+                "data_files": len(self._sealed) + 1,
+                "active_file_id": self._active_state.file_id,
+                "sync": self._sync_policy,
+            }
+
+    def __repr__(self) -> str:
+        return f"<LogStore {self.path!r}{' closed' if self._closed else ''}>"
+

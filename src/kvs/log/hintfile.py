@@ -1,0 +1,129 @@
+"""The hint-file format: a data file's key directory, so opening a store reads no values.
+
+A hint file ``kvs-<id>.hint`` describes the first ``covered_len`` bytes of data file ``<id>``:
+for every key touched there, where its last record is (or that it was removed). Opening a
+store loads the hint and scans only the data after ``covered_len``. A hint that is damaged,
+cut short, or names another file (a different ``data_nonce``) is ignored and the data file is
+scanned instead; a hint is never needed for correctness.
+
+Layout (little-endian), columns rather than rows so it loads with a few C-level calls::
+
+    0        4         6       8              16           24            32      36        40
+    +--------+---------+-------+--------------+------------+-------------+-------+---------+
+    | magic  | version | flags | data_file_id | data_nonce | covered_len | count | n_expiry|
+    | "KVSH" | u16 = 1 | u16=0 | u64          | u64        | u64         | u32   | u32     |
+    +--------+---------+-------+--------------+------------+-------------+-------+---------+
+    | locations: count x u64                                                             |
+    | key lengths: count x u32                                                           |
+    | keys: the keys, back to back                                                       |
+    | expiries: n_expiry x (entry index u32, expires_ms u64)                             |
+    | crc32 u32 of every byte above                                                      |
+    +------------------------------------------------------------------------------------+
+
+A location packs ``offset << 32 | record_size << 1 | key_is_str``: the record's offset in the
+data file (< 4 GiB), its size in bytes, and whether the key was given as ``str``. A record
+size of 0 marks a key removed in this file (a tombstone); header flag bit 0 (``HAS_TOMBSTONES``)
+says whether there are any, so a hint without them loads without looking at each entry. Each key
+appears at most once.
+"""
+
+from __future__ import annotations
+
+import struct
+import sys
+import zlib
+from array import array
+from dataclasses import dataclass
+from itertools import accumulate
+from typing import Final
+
+MAGIC: Final = b"KVSH"
+VERSION: Final = 1
+HEADER: Final = struct.Struct("<4sHHQQQII")
+HEADER_SIZE: Final = HEADER.size  # 40
+EXPIRY: Final = struct.Struct("<IQ")
+CRC: Final = struct.Struct("<I")
+
+HAS_TOMBSTONES: Final = 0x0001
+SIZE_MASK: Final = 0x7FFFFFFF
+
+
+def pack_location(offset: int, size: int, key_is_str: int) -> int:
+    return (offset << 32) | (size << 1) | key_is_str
+
+
+@dataclass
+class Hint:
+    data_file_id: int
+    data_nonce: int
+    covered_len: int
+    keys: list[bytes]
+    locations: list[int]
+    expiries: dict[int, int]  # entry index -> expires_ms
+    has_tombstones: bool
+
+
+def encode(
+    data_file_id: int,
+    data_nonce: int,
+    covered_len: int,
+    keys: list[bytes],
+    locations: list[int],
+    expiries: dict[int, int],
+) -> bytes:
+    flags = HAS_TOMBSTONES if any(not (loc >> 1) & SIZE_MASK for loc in locations) else 0
+    locs = array("Q", locations)
+    lens = array("I", map(len, keys))
+    if sys.byteorder != "little":  # pragma: no cover - the format is little-endian
+        locs.byteswap()
+        lens.byteswap()
+    parts = [
+        HEADER.pack(
+            MAGIC, VERSION, flags, data_file_id, data_nonce, covered_len, len(keys), len(expiries)
+        ),
+        locs.tobytes(),
+        lens.tobytes(),
+        b"".join(keys),
+        b"".join(EXPIRY.pack(index, ms) for index, ms in sorted(expiries.items())),
+    ]
+    body = b"".join(parts)
+    return body + CRC.pack(zlib.crc32(body))
+
+
+def decode(data: bytes) -> Hint | str:
+    """The hint, or a reason why ``data`` is not a valid one."""
+    if len(data) < HEADER_SIZE + CRC.size:
+        return "hint file is cut short"
+    if zlib.crc32(data[:-4]) != CRC.unpack(data[-4:])[0]:
+        return "hint file checksum mismatch"
+    magic, version, flags, file_id, nonce, covered, count, n_expiry = HEADER.unpack(
+        data[:HEADER_SIZE]
+    )
+    if magic != MAGIC:
+        return "not a kvs hint file (bad magic number)"
+    if version != VERSION:
+        return f"unsupported hint file version {version}"
+    pos = HEADER_SIZE
+    locs_end = pos + 8 * count
+    lens_end = locs_end + 4 * count
+    if lens_end > len(data) - 4:
+        return "hint file entry count runs past its end"
+    locs = array("Q")
+    locs.frombytes(data[pos:locs_end])
+    lens = array("I")
+    lens.frombytes(data[locs_end:lens_end])
+    if sys.byteorder != "little":  # pragma: no cover
+        locs.byteswap()
+        lens.byteswap()
+    ends = list(accumulate(lens, initial=lens_end))
+    keys_end = ends[-1]
+    expiry_end = keys_end + EXPIRY.size * n_expiry
+    if expiry_end != len(data) - 4:
+        return "hint file sections do not add up to its length"
+    keys = [data[a:b] for a, b in zip(ends, ends[1:], strict=False)]
+    expiries = {
+        index: ms for index, ms in EXPIRY.iter_unpack(data[keys_end:expiry_end]) if index < count
+    }
+    return Hint(
+        file_id, nonce, covered, keys, locs.tolist(), expiries, bool(flags & HAS_TOMBSTONES)
+    )

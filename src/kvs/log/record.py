@@ -1,0 +1,224 @@
+"""The data-file format: a file header, then records back to back.
+
+Data file header (32 bytes, little-endian)::
+
+    0        4         6       8          16         24       28       32
+    +--------+---------+-------+----------+----------+--------+--------+
+    | magic  | version | flags | file_id  | nonce    | crc32  | unused |
+    | "KVSD" | u16 = 1 | u16=0 | u64      | u64      | u32    | u32 =0 |
+    +--------+---------+-------+----------+----------+--------+--------+
+    crc32 covers bytes 0..23. ``nonce`` is random per file; a hint file names it, so a hint
+    left over from another file with the same number is never believed.
+
+Record (21 bytes of framing + key + value)::
+
+    0       1         5           9            17
+    +-------+---------+-----------+------------+-----+-------+-------+
+    | flags | key_len | value_len | expires_ms | key | value | crc32 |
+    | u8    | u32     | u32       | u64        |     |       | u32   |
+    +-------+---------+-----------+------------+-----+-------+-------+
+    \\___________________ crc32 covers all of these ___________/
+
+``crc32`` is zlib's CRC-32 of every byte before it in the record, stored little-endian at the
+*end*: a record is written front to back, so a torn write can never leave a checksum that
+matches, and the whole record checks with one call (the CRC of data followed by its own CRC is
+the constant ``CRC_RESIDUE``).
+
+``flags`` bits: ``TOMBSTONE`` (a remove: no value), ``VALUE_STR`` / ``KEY_STR`` (the caller
+passed ``str``; ``get`` and iteration hand back ``str``), ``BATCH`` (see below). Unknown bits
+are corruption. ``expires_ms`` is a Unix time in milliseconds, 0 for no expiry.
+
+A batch is one record whose ``value`` is the batch's records (each complete with its own CRC)
+and whose ``key_len`` is how many there are. Its CRC covers all of them, so after a crash a
+batch is either all there or treated as torn: never half applied.
+
+Lengths are checked against the bytes that are really left in the file before anything is
+read, and against ``MAX_KEY_LEN`` / ``MAX_RECORD_LEN``, so a damaged length cannot make a
+reader allocate or skip more than the file holds.
+"""
+
+from __future__ import annotations
+
+import os
+import struct
+import zlib
+from collections.abc import Iterator
+from dataclasses import dataclass
+from typing import Final
+
+from kvs.log.fs import ReadBuffer
+
+MAGIC: Final = b"KVSD"
+VERSION: Final = 1
+FILE_HEADER: Final = struct.Struct("<4sHHQQI4x")
+FILE_HEADER_SIZE: Final = FILE_HEADER.size  # 32
+
+RECORD_HEADER: Final = struct.Struct("<BIIQ")
+RECORD_HEADER_SIZE: Final = RECORD_HEADER.size  # 17
+CRC: Final = struct.Struct("<I")
+CRC_SIZE: Final = 4
+FRAMING: Final = RECORD_HEADER_SIZE + CRC_SIZE  # 21
+CRC_RESIDUE: Final = 0x2144DF1C
+
+TOMBSTONE: Final = 0x01
+VALUE_STR: Final = 0x02
+KEY_STR: Final = 0x04
+BATCH: Final = 0x08
+KNOWN_FLAGS: Final = TOMBSTONE | VALUE_STR | KEY_STR | BATCH
+
+#: Hard limits of the format (the store's configured limits are lower).
+MAX_KEY_LEN: Final = (1 << 31) - 1
+MAX_RECORD_LEN: Final = (1 << 31) - 1
+
+
+def encode_file_header(file_id: int, nonce: int) -> bytes:
+    head = FILE_HEADER.pack(MAGIC, VERSION, 0, file_id, nonce, 0)
+    return head[:24] + CRC.pack(zlib.crc32(head[:24])) + bytes(4)
+
+
+def new_nonce() -> int:
+    return int.from_bytes(os.urandom(8), "little")
+
+
+@dataclass(frozen=True)
+class FileHeader:
+    file_id: int
+    nonce: int
+
+
+def decode_file_header(data: bytes) -> FileHeader | str:
+    """The header, or a reason why ``data`` is not a valid one."""
+    if len(data) < FILE_HEADER_SIZE:
+        return "file header is cut short"
+    magic, version, _flags, file_id, nonce, crc = FILE_HEADER.unpack(data[:FILE_HEADER_SIZE])
+    if magic != MAGIC:
+        return "not a kvs data file (bad magic number)"
+    if zlib.crc32(data[:24]) != crc:
+        return "file header checksum mismatch"
+    if version != VERSION:
+        return f"unsupported data file version {version}"
+    return FileHeader(file_id, nonce)
+
+
+def encode_record(flags: int, key: bytes, value: bytes, expires_ms: int = 0) -> bytes:
+    body = RECORD_HEADER.pack(flags, len(key), len(value), expires_ms) + key + value
+    return body + CRC.pack(zlib.crc32(body))
+
+
+def encode_batch(records: list[bytes]) -> bytes:
+    """One record holding ``records`` (each already encoded): all applied, or none."""
+    inner = b"".join(records)
+    body = RECORD_HEADER.pack(BATCH, len(records), len(inner), 0) + inner
+    return body + CRC.pack(zlib.crc32(body))
+
+
+@dataclass(frozen=True, slots=True)
+class Entry:
+    """One set or remove found in a data file."""
+
+    offset: int
+    size: int
+    flags: int
+    key: bytes
+    expires_ms: int
+
+
+class BadRecord(Exception):
+    """Raised by ``iter_records`` at the first record that is not valid."""
+
+    def __init__(self, offset: int, reason: str) -> None:
+        super().__init__(f"offset {offset}: {reason}")
+        self.offset = offset
+        self.reason = reason
+
+
+def check_record(buffer: ReadBuffer, offset: int, end: int) -> tuple[int, int, int, int]:
+    """Validate the record at ``offset``; return ``(flags, key_len, value_len, expires_ms)``.
+
+    Raises ``BadRecord`` if it runs past ``end``, has impossible lengths or unknown flags, or
+    fails its checksum.
+    """
+    if offset + FRAMING > end:
+        raise BadRecord(offset, "record header runs past the end of the file")
+    flags, key_len, value_len, expires_ms = RECORD_HEADER.unpack(
+        buffer[offset : offset + RECORD_HEADER_SIZE]
+    )
+    if flags & ~KNOWN_FLAGS:
+        raise BadRecord(offset, f"unknown record flags 0x{flags:02x}")
+    if flags & BATCH:
+        size = FRAMING + value_len
+    else:
+        if key_len > MAX_KEY_LEN:
+            raise BadRecord(offset, f"key length {key_len} is impossible")
+        size = FRAMING + key_len + value_len
+    if size > MAX_RECORD_LEN or offset + size > end:
+        raise BadRecord(offset, f"record length {size} runs past the end of the file")
+    if zlib.crc32(buffer[offset : offset + size]) != CRC_RESIDUE:
+        raise BadRecord(offset, "record checksum mismatch")
+    return flags, key_len, value_len, expires_ms
+
+
+def iter_records(buffer: ReadBuffer, start: int, end: int) -> Iterator[Entry]:
+    """Every set and remove in ``buffer[start:end]``, in order, batches opened up.
+
+    Raises ``BadRecord`` at the first invalid record; the entries yielded before it are good.
+    """
+    offset = start
+    while offset < end:
+        flags, key_len, value_len, expires_ms = check_record(buffer, offset, end)
+        if flags & BATCH:
+            inner_end = offset + RECORD_HEADER_SIZE + value_len
+            count = 0
+            inner = offset + RECORD_HEADER_SIZE
+            entries = []
+            while inner < inner_end:
+                try:
+                    f, klen, vlen, exp = check_record(buffer, inner, inner_end)
+                except BadRecord as error:
+                    raise BadRecord(offset, f"batch member at {inner}: {error.reason}") from None
+                if f & BATCH:
+                    raise BadRecord(offset, "batch nested in a batch")
+                size = FRAMING + klen + vlen
+                key = buffer[inner + RECORD_HEADER_SIZE : inner + RECORD_HEADER_SIZE + klen]
+                entries.append(Entry(inner, size, f, key, exp))
+                inner += size
+                count += 1
+            if count != key_len:
+                raise BadRecord(offset, f"batch says {key_len} records but holds {count}")
+            yield from entries
+            offset = inner_end + CRC_SIZE
+        else:
+            size = FRAMING + key_len + value_len
+            key = buffer[offset + RECORD_HEADER_SIZE : offset + RECORD_HEADER_SIZE + key_len]
+            yield Entry(offset, size, flags, key, expires_ms)
+            offset += size
+
+
+def find_valid_record(buffer: ReadBuffer, start: int, end: int) -> int | None:
+    """The offset of the first complete, valid record at or after ``start``, if any.
+
+    Used to tell a torn tail (nothing valid follows the damage) from damage in the middle of
+    a file (valid records follow it). Runs of zero bytes are skipped in bulk.
+    """
+    offset = start
+    chunk = 1 << 20
+    skip_from = start  # zero runs before this offset were already skipped
+    while offset + FRAMING <= end:
+        if offset >= skip_from and buffer[offset : offset + 1] == b"\x00":
+            # Skip zeros a chunk at a time (a preallocated tail is mostly zeros), then step
+            # back a header's length: a record may itself start with zero bytes.
+            block = buffer[offset : min(offset + chunk, end)]
+            stripped = block.lstrip(b"\x00")
+            if not stripped:
+                offset += len(block)
+                continue
+            first_nonzero = offset + len(block) - len(stripped)
+            skip_from = first_nonzero + 1
+            offset = max(offset, first_nonzero - RECORD_HEADER_SIZE)
+        try:
+            check_record(buffer, offset, end)
+        except BadRecord:
+            offset += 1
+            continue
+        return offset
+    return None
