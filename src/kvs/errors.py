@@ -64,9 +64,12 @@ class StorageError(KvsError, OSError):
     """The operating system refused a file operation; ``path`` names the file."""
 
     def __init__(self, path: str, error: OSError) -> None:
-        reason = error.strerror or str(error)
-        OSError.__init__(self, error.errno, f"{reason}: {path}")
+        self.reason = error.strerror or str(error)
+        OSError.__init__(self, error.errno, f"{self.reason}: {path}")
         self.path = path
+
+    def __str__(self) -> str:
+        return f"{self.reason}: {self.path}"
 
 
 class FormatError(KvsError):

@@ -20,7 +20,6 @@
 from __future__ import annotations
 
 import struct
-import zlib
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from operator import itemgetter
@@ -76,7 +75,7 @@ def merge(
             offset = (location >> 32) & 0xFFFFFFFF
             size = (location >> 1) & hintfile.SIZE_MASK
             data = views[file_id][offset : offset + size]
-            if zlib.crc32(data) != record.CRC_RESIDUE:
+            if record.checksum(data) != record.CRC_RESIDUE:
                 raise CorruptionError(
                     filenames.data_file(directory, file_id), offset, "record checksum mismatch"
                 )

@@ -17,12 +17,12 @@ Layout (little-endian), columns rather than rows so it loads with a few C-level 
     | key lengths: count x u32                                                           |
     | keys: the keys, back to back                                                       |
     | expiries: n_expiry x (entry index u32, expires_ms u64)                             |
-    | crc32 u32 of every byte above                                                      |
+    | CRC-32C u32 of every byte above                                                     |
     +------------------------------------------------------------------------------------+
 
 A location packs ``offset << 32 | record_size << 1 | key_is_str``: the record's offset in the
 data file (< 4 GiB), its size in bytes, and whether the key was given as ``str``. A record
-size of 0 marks a key removed in this file (a tombstone); header flag bit 0 (``HAS_TOMBSTONES``)
+size of 0 marks a key removed in this file (a tombstone, written as location 0); header flag bit 0 (``HAS_TOMBSTONES``)
 says whether there are any, so a hint without them loads without looking at each entry. Each key
 appears at most once.
 """
@@ -31,11 +31,12 @@ from __future__ import annotations
 
 import struct
 import sys
-import zlib
 from array import array
 from dataclasses import dataclass
 from itertools import accumulate
 from typing import Final
+
+from kvs.log import record
 
 MAGIC: Final = b"KVSH"
 VERSION: Final = 1
@@ -71,7 +72,7 @@ def encode(
     locations: list[int],
     expiries: dict[int, int],
 ) -> bytes:
-    flags = HAS_TOMBSTONES if any(not (loc >> 1) & SIZE_MASK for loc in locations) else 0
+    flags = HAS_TOMBSTONES if 0 in locations else 0
     locs = array("Q", locations)
     lens = array("I", map(len, keys))
     if sys.byteorder != "little":  # pragma: no cover - the format is little-endian
@@ -87,14 +88,14 @@ def encode(
         b"".join(EXPIRY.pack(index, ms) for index, ms in sorted(expiries.items())),
     ]
     body = b"".join(parts)
-    return body + CRC.pack(zlib.crc32(body))
+    return body + CRC.pack(record.checksum(body))
 
 
 def decode(data: bytes) -> Hint | str:
     """The hint, or a reason why ``data`` is not a valid one."""
     if len(data) < HEADER_SIZE + CRC.size:
         return "hint file is cut short"
-    if zlib.crc32(data[:-4]) != CRC.unpack(data[-4:])[0]:
+    if record.checksum(data[:-4]) != CRC.unpack(data[-4:])[0]:
         return "hint file checksum mismatch"
     magic, version, flags, file_id, nonce, covered, count, n_expiry = HEADER.unpack(
         data[:HEADER_SIZE]

@@ -1,0 +1,169 @@
+"""The ``kvs`` command: one store operation per run.
+
+    kvs [--dir PATH] set KEY VALUE     store VALUE under KEY; prints nothing
+    kvs [--dir PATH] get KEY           prints the value, or "Key not found" (exit 0 either way)
+    kvs [--dir PATH] rm KEY            prints nothing; "Key not found" and exit 1 if absent
+    kvs [--dir PATH] compact           reclaim the space of overwritten and removed records
+    kvs [--dir PATH] check [--fix]     verify every record; repair only with --fix
+    kvs -V | --version
+
+The store is the current directory unless ``--dir`` (or the ``KVS_DIR`` environment variable)
+names another. Every error is one line on stderr and a non-zero exit status (``EXIT_CODES``).
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import os
+import sys
+from collections.abc import Sequence
+
+from kvs import __version__
+from kvs.errors import (
+    CorruptionError,
+    KeyNotFound,
+    KvsError,
+    StoreLockedError,
+)
+from kvs.store import KvStore
+
+#: Exit status by outcome; documented in the README.
+EXIT_OK = 0
+EXIT_NOT_FOUND = 1  # rm of an absent key; check found problems it did not fix
+EXIT_USAGE = 2
+EXIT_LOCKED = 3
+EXIT_CORRUPT = 4
+EXIT_ERROR = 5  # any other failure: I/O, permissions, a read-only store
+
+
+class _Parser(argparse.ArgumentParser):
+    def error(self, message: str) -> None:  # type: ignore[override]
+        self.print_usage(sys.stderr)
+        self.exit(EXIT_USAGE, f"{self.prog}: error: {message}\n")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    common = argparse.ArgumentParser(add_help=False)
+    common.add_argument(
+        "--dir",
+        default=argparse.SUPPRESS,
+        metavar="PATH",
+        help="store directory (default: $KVS_DIR, else the current directory)",
+    )
+    parser = _Parser(
+        prog="kvs",
+        description="A persistent key-value store. One operation per run.",
+        parents=[common],
+    )
+    parser.add_argument("-V", "--version", action="version", version=f"kvs {__version__}")
+    commands = parser.add_subparsers(dest="command", metavar="COMMAND", parser_class=_Parser)
+    commands.required = True
+    set_cmd = commands.add_parser("set", help="store VALUE under KEY", parents=[common])
+    set_cmd.add_argument("key", metavar="KEY")
+    set_cmd.add_argument("value", metavar="VALUE")
+    get_cmd = commands.add_parser("get", help="print the value of KEY", parents=[common])
+    get_cmd.add_argument("key", metavar="KEY")
+    rm_cmd = commands.add_parser("rm", help="remove KEY", parents=[common])
+    rm_cmd.add_argument("key", metavar="KEY")
+    commands.add_parser("compact", help="reclaim space now", parents=[common])
+    check_cmd = commands.add_parser(
+        "check", help="verify every record; change nothing unless --fix", parents=[common]
+    )
+    check_cmd.add_argument(
+        "--fix", action="store_true", help="repair what was found (asks first; keeps backups)"
+    )
+    check_cmd.add_argument("--yes", action="store_true", help="with --fix: do not ask")
+    return parser
+
+
+def _store_dir(args: argparse.Namespace) -> str:
+    return str(getattr(args, "dir", None) or os.environ.get("KVS_DIR") or os.getcwd())
+
+
+def _fail(message: str, status: int) -> int:
+    print(f"kvs: {message}", file=sys.stderr)
+    return status
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    logging.basicConfig(format="kvs: %(levelname)s: %(message)s", level=logging.WARNING)
+    directory = _store_dir(args)
+    try:
+        if args.command == "check":
+            return _check(directory, args.fix, args.yes)
+        with KvStore.open(directory) as store:
+            if args.command == "set":
+                store.set(args.key, args.value)
+            elif args.command == "get":
+                value = store.get(args.key)
+                if value is None:
+                    print("Key not found")
+                elif isinstance(value, bytes):
+                    sys.stdout.flush()
+                    sys.stdout.buffer.write(value + b"\n")
+                else:
+                    print(value)
+            elif args.command == "rm":
+                try:
+                    store.remove(args.key)
+                except KeyNotFound:
+                    print("Key not found")
+                    return EXIT_NOT_FOUND
+            elif args.command == "compact":
+                before = store.stats()
+                store.compact()
+                after = store.stats()
+                print(
+                    f"compacted: {after['keys']} keys, {after['live_bytes']} live bytes, "
+                    f"{int(before['stale_bytes']) - int(after['stale_bytes'])} bytes reclaimed"
+                )
+    except StoreLockedError as error:
+        return _fail(str(error), EXIT_LOCKED)
+    except CorruptionError as error:
+        return _fail(f"{error}; run 'kvs check' for details", EXIT_CORRUPT)
+    except KvsError as error:
+        return _fail(str(error), EXIT_ERROR)
+    except OSError as error:
+        where = f": {error.filename}" if error.filename else ""
+        return _fail(f"{error.strerror or error}{where}", EXIT_ERROR)
+    except KeyboardInterrupt:
+        return _fail("interrupted", 130)
+    return EXIT_OK
+
+
+def _check(directory: str, fix: bool, yes: bool) -> int:
+    from kvs.log import check
+
+    report = check.check(directory)
+    for problem in report.problems:
+        print(problem)
+    print(
+        f"checked {report.files} data files, {report.records} records: "
+        f"{len(report.problems)} problem{'s' if len(report.problems) != 1 else ''}"
+    )
+    if not report.problems:
+        return EXIT_OK
+    if not fix:
+        return EXIT_NOT_FOUND
+    drops = [p for p in report.problems if p.kind == "corruption"]
+    if not yes:
+        if not sys.stdin.isatty():
+            return _fail("--fix needs confirmation: run it on a terminal, or add --yes", EXIT_USAGE)
+        warning = (
+            f" {len(drops)} damaged file(s) will be cut at the damage, dropping every record "
+            "after it (backups are kept)."
+            if drops
+            else ""
+        )
+        answer = input(f"Repair {len(report.problems)} problem(s)?{warning} [y/N] ")
+        if answer.strip().lower() not in ("y", "yes"):
+            return _fail("nothing changed", EXIT_NOT_FOUND)
+    for line in check.repair(directory, report):
+        print(line)
+    return EXIT_OK
+
+
+if __name__ == "__main__":  # pragma: no cover
+    sys.exit(main())
