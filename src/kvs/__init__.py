@@ -1,9 +1,9 @@
 """kvs: a persistent key-value store with a Bitcask-style log engine.
 
-    from kvs import KvStore
-    with KvStore.open("data") as store:
-        store["greeting"] = "hello"
-        store.get("greeting")  # 'hello'
+from kvs import KvStore
+with KvStore.open("data") as store:
+    store["greeting"] = "hello"
+    store.get("greeting")  # 'hello'
 """
 
 from kvs.errors import (

@@ -33,9 +33,7 @@ def to_bytes(data: object, what: str) -> bytes:
         return data.encode()
     if isinstance(data, bytearray | memoryview):
         return bytes(data)
-    raise TypeError(
-        f"{what} must be str or bytes, not {type(data).__name__}; convert it first"
-    )
+    raise TypeError(f"{what} must be str or bytes, not {type(data).__name__}; convert it first")
 
 
 @dataclass

@@ -24,7 +24,7 @@ from typing import Literal
 from kvs.errors import StoreLockedError
 from kvs.log import filenames, hintfile, record
 from kvs.log.filenames import FileKind
-from kvs.log.fs import FileSystem, OsFileSystem
+from kvs.log.fs import FileSystem, LockHandle, OsFileSystem, ReadBuffer
 
 ProblemKind = Literal["torn-tail", "corruption", "bad-hint", "temp-file"]
 
@@ -58,7 +58,7 @@ def check(directory: str, fs: FileSystem | None = None) -> Report:
         handle.close()
 
 
-def _lock(fs: FileSystem, directory: str) -> object:
+def _lock(fs: FileSystem, directory: str) -> LockHandle:
     if not os.path.isdir(directory):
         raise FileNotFoundError(2, "no such store directory", directory)
     lock_path = filenames.lock_file(directory)
@@ -80,12 +80,12 @@ def _check(fs: FileSystem, directory: str) -> Report:
         parsed = filenames.parse(name)
         if parsed is None:
             continue
-        kind, file_id = parsed
-        if kind is FileKind.TEMP:
+        file_kind, file_id = parsed
+        if file_kind is FileKind.TEMP:
             report.problems.append(
                 Problem("temp-file", os.path.join(directory, name), 0, "leftover temporary file")
             )
-        elif kind is FileKind.DATA:
+        elif file_kind is FileKind.DATA:
             data_ids.append(file_id)
         else:
             hint_ids.append(file_id)
@@ -138,7 +138,7 @@ def _check(fs: FileSystem, directory: str) -> Report:
 
 
 def _check_hint(
-    fs: FileSystem, directory: str, file_id: int, nonce: int, buffer: object, size: int
+    fs: FileSystem, directory: str, file_id: int, nonce: int, data: ReadBuffer, size: int
 ) -> Problem | None:
     path = filenames.hint_file(directory, file_id)
     hint = hintfile.decode(fs.read_bytes(path))
@@ -148,9 +148,6 @@ def _check_hint(
         return Problem("bad-hint", path, 0, "describes another data file")
     if hint.covered_len > size:
         return Problem("bad-hint", path, 0, "covers more than the data file holds")
-    from kvs.log.fs import ReadBuffer
-
-    data: ReadBuffer = buffer  # type: ignore[assignment]
     for key, location in zip(hint.keys, hint.locations, strict=True):
         record_size = (location >> 1) & hintfile.SIZE_MASK
         if not record_size:
@@ -200,5 +197,5 @@ def repair(directory: str, report: Report, fs: FileSystem | None = None) -> list
                     fs.remove(hint_path)  # it may describe records that are now gone
         fs.fsync_dir(directory)
     finally:
-        handle.close()  # type: ignore[attr-defined]
+        handle.close()
     return done

@@ -19,6 +19,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import struct
 from collections.abc import Iterator
 from dataclasses import dataclass, field
@@ -129,10 +130,8 @@ def merge(
         if writer is not None:
             writer.close()
         for temp in temp_paths:
-            try:
+            with contextlib.suppress(OSError):
                 fs.remove(temp)
-            except OSError:
-                pass
         raise
     return MergeResult(outputs, moves, expired)
 

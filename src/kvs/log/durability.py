@@ -70,8 +70,9 @@ class Durability:
         with self._cond:
             while self._synced < position:
                 if self._error is not None:
-                    raise ReadOnlyError(f"fsync failed; the write was not made durable: "
-                                        f"{self._error}") from self._error
+                    raise ReadOnlyError(
+                        f"fsync failed; the write was not made durable: {self._error}"
+                    ) from self._error
                 if not self._syncing:
                     self._syncing = True
                     break

@@ -28,10 +28,12 @@ import os
 import struct
 import threading
 import weakref
-from dataclasses import dataclass
 from collections.abc import Iterable, Iterator, Mapping
+from dataclasses import dataclass
 from itertools import accumulate, repeat
 from typing import NoReturn
+
+from crc32c import crc32c
 
 from kvs.errors import (
     CorruptionError,
@@ -53,7 +55,7 @@ log = logging.getLogger("kvs")
 
 _HEADER_PACK = record.RECORD_HEADER.pack
 _CRC_PACK = record.CRC.pack
-_crc32 = record.checksum
+_crc32 = crc32c  # the C function itself: no Python wrapper call on the hot paths
 _RESIDUE = record.CRC_RESIDUE
 _HEAD = record.RECORD_HEADER_SIZE
 _FRAMING = record.FRAMING
@@ -68,6 +70,7 @@ _MAX_VALUE_CEILING = 1 << 30
 
 #: At close, write a hint for the active file only if this many bytes are not yet covered.
 HINT_AT_CLOSE_MIN_BYTES = 256 << 10
+
 
 def _sizes(locations: Iterable[int]) -> Iterator[int]:
     """The record sizes of ``locations``, computed in C-level maps (no Python call per item)."""
@@ -98,8 +101,8 @@ class _Unusable(dict[bytes, int]):
     def _raise(self, *args: object) -> NoReturn:
         raise StoreClosedError(self.reason)
 
-    get = __getitem__ = __contains__ = __iter__ = __len__ = _raise  # type: ignore[assignment]
-    items = keys = values = pop = _raise  # type: ignore[assignment]
+    get = __getitem__ = __contains__ = __iter__ = __len__ = _raise
+    items = keys = values = pop = _raise
 
 
 @dataclass
@@ -488,10 +491,10 @@ class LogStore(KvStore):
         key_lens = list(map(len, keys))
         value_lens = list(map(len, values))
         if max(key_lens) > self._max_key or max(value_lens) > self._max_value:
-            for key, value in pairs:
-                self._check_limits(key, value)
+            for raw_key, raw_value in zip(keys, values, strict=True):
+                self._check_limits(raw_key, raw_value)
         heads = map(_HEADER_PACK, repeat(0), key_lens, value_lens, repeat(0))
-        bodies = list(map(b"".join, zip(heads, keys, values)))
+        bodies = list(map(b"".join, zip(heads, keys, values, strict=False)))
         crcs = list(map(_CRC_PACK, map(_crc32, bodies)))
         container = record.encode_batch_parts([], crcs, bodies)
         sizes = list(map(_FRAMING.__add__, map(int.__add__, key_lens, value_lens)))
@@ -506,16 +509,11 @@ class LogStore(KvStore):
             self._off = offset + size
             self._total += size
             base = self._base
-            new = dict(
-                zip(
-                    keys,
-                    [
-                        base | at << 32 | size << 1
-                        for at, size in zip(accumulate(sizes, initial=offset + _HEAD), sizes)
-                    ],
-                    strict=False,
-                )
-            )
+            starts = accumulate(sizes, initial=offset + _HEAD)
+            locations = [
+                base | at << 32 | size << 1 for at, size in zip(starts, sizes, strict=False)
+            ]
+            new = dict(zip(keys, locations, strict=True))
             index = self._index
             olds = [old for old in map(index.get, new) if old is not None]
             index.update(new)
@@ -619,7 +617,8 @@ class LogStore(KvStore):
                 if old is not None:
                     self._live -= location_size(old)
                 if is_set:
-                    index[raw_key] = self._base | (inner << 32) | (len(rec) << 1) | (rec[0] >> 2 & 1)
+                    key_is_str = rec[0] >> 2 & 1
+                    index[raw_key] = self._base | (inner << 32) | (len(rec) << 1) | key_is_str
                     self._live += len(rec)
                     if expires_ms:
                         expiry[raw_key] = expires_ms
@@ -922,4 +921,3 @@ class LogStore(KvStore):
 
     def __repr__(self) -> str:
         return f"<LogStore {self.path!r}{' closed' if self._closed else ''}>"
-

@@ -21,10 +21,10 @@ Layout (little-endian), columns rather than rows so it loads with a few C-level 
     +------------------------------------------------------------------------------------+
 
 A location packs ``offset << 32 | record_size << 1 | key_is_str``: the record's offset in the
-data file (< 4 GiB), its size in bytes, and whether the key was given as ``str``. A record
-size of 0 marks a key removed in this file (a tombstone, written as location 0); header flag bit 0 (``HAS_TOMBSTONES``)
-says whether there are any, so a hint without them loads without looking at each entry. Each key
-appears at most once.
+data file (< 4 GiB), its size in bytes, and whether the key was given as ``str``. Location 0
+(record size 0) marks a key removed in this file (a tombstone); header flag bit 0
+(``HAS_TOMBSTONES``) says whether there are any, so a hint without them loads without looking
+at each entry. Each key appears at most once.
 """
 
 from __future__ import annotations
@@ -33,7 +33,7 @@ import struct
 import sys
 from array import array
 from dataclasses import dataclass
-from itertools import accumulate
+from itertools import accumulate, pairwise
 from typing import Final
 
 from kvs.log import record
@@ -121,7 +121,7 @@ def decode(data: bytes) -> Hint | str:
     expiry_end = keys_end + EXPIRY.size * n_expiry
     if expiry_end != len(data) - 4:
         return "hint file sections do not add up to its length"
-    keys = [data[a:b] for a, b in zip(ends, ends[1:], strict=False)]
+    keys = [data[a:b] for a, b in pairwise(ends)]
     expiries = {
         index: ms for index, ms in EXPIRY.iter_unpack(data[keys_end:expiry_end]) if index < count
     }

@@ -7,8 +7,8 @@ Data file header (32 bytes, little-endian)::
     | magic  | version | flags | file_id  | nonce    | crc32  | unused |
     | "KVSD" | u16 = 1 | u16=0 | u64      | u64      | u32    | u32 =0 |
     +--------+---------+-------+----------+----------+--------+--------+
-    crc32 (CRC-32C, as in records) covers bytes 0..23. ``nonce`` is random per file; a hint file names it, so a hint
-    left over from another file with the same number is never believed.
+    crc32 (CRC-32C, as in records) covers bytes 0..23. ``nonce`` is random per file; a hint
+    file names it, so a hint left over from another file with the same number is never believed.
 
 Record (21 bytes of framing + key + value)::
 
@@ -46,13 +46,19 @@ from __future__ import annotations
 import os
 import struct
 from collections.abc import Iterator
-from itertools import chain
 from dataclasses import dataclass
+from itertools import chain
 from typing import Final
 
-from crc32c import crc32c as checksum
+from crc32c import crc32c
 
 from kvs.log.fs import ReadBuffer
+
+
+def checksum(data: bytes, value: int = 0) -> int:
+    """CRC-32C of ``data``, continuing from ``value``."""
+    return crc32c(data, value)
+
 
 MAGIC: Final = b"KVSD"
 VERSION: Final = 1

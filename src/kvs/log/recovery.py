@@ -157,9 +157,7 @@ def _load_file(
             if newest:
                 tombstones.discard(key)
     except record.BadRecord as bad:
-        later = (
-            record.find_valid_record(buffer, bad.offset + 1, size) if newest else bad.offset
-        )
+        later = record.find_valid_record(buffer, bad.offset + 1, size) if newest else bad.offset
         if later is not None:
             reader.close()
             where = f" (valid records follow at offset {later})" if newest else ""

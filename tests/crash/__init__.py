@@ -1,0 +1,1 @@
+"""Crash-safety tests: killed writers, torn and damaged files, faults injected in compaction."""
