@@ -63,13 +63,15 @@ def _lock(fs: FileSystem, directory: str) -> LockHandle:
         raise FileNotFoundError(2, "no such store directory", directory)
     lock_path = filenames.lock_file(directory)
     try:
-        return fs.lock(lock_path)
+        handle = fs.lock(lock_path)
     except BlockingIOError:
         try:
             pid: int | None = int(fs.read_bytes(lock_path).split()[0])
         except (OSError, ValueError, IndexError):
             pid = None
         raise StoreLockedError(os.path.abspath(directory), pid) from None
+    handle.write_owner(f"{os.getpid()}\n")
+    return handle
 
 
 def _check(fs: FileSystem, directory: str) -> Report:
@@ -98,17 +100,22 @@ def _check(fs: FileSystem, directory: str) -> Report:
         reader = fs.open_read(path)
         try:
             buffer, size = reader.buffer, reader.size
-            header = record.decode_file_header(buffer[: record.FILE_HEADER_SIZE])
+            head = buffer[: record.FILE_HEADER_SIZE]
+            if newest and record.header_never_written(head):
+                report.problems.append(
+                    Problem("torn-tail", path, 0, "file header never written (crash at creation)")
+                )
+                continue
+            header = record.decode_file_header(head)
             if isinstance(header, str):
-                kind: ProblemKind = "torn-tail" if newest and size <= 32 else "corruption"
-                report.problems.append(Problem(kind, path, 0, header))
+                report.problems.append(Problem("corruption", path, 0, header))
                 continue
             nonces[file_id] = (header.nonce, size)
             try:
                 for _entry in record.iter_records(buffer, record.FILE_HEADER_SIZE, size):
                     report.records += 1
             except record.BadRecord as bad:
-                later = record.find_valid_record(buffer, bad.offset + 1, size)
+                later = record.valid_record_after_damage(buffer, bad.offset, size)
                 torn = newest and later is None
                 reason = bad.reason
                 if later is not None:
@@ -174,8 +181,9 @@ def repair(directory: str, report: Report, fs: FileSystem | None = None) -> list
         for problem in report.problems:
             name = os.path.basename(problem.path)
             if problem.kind in ("temp-file", "bad-hint"):
-                fs.remove(problem.path)
-                done.append(f"removed {name}")
+                if os.path.exists(problem.path):  # a damaged data file's hint may be gone
+                    fs.remove(problem.path)
+                    done.append(f"removed {name}")
                 continue
             backup = f"{problem.path}.corrupt-{int(time.time())}"
             shutil.copyfile(problem.path, backup)

@@ -10,7 +10,9 @@
    written under ``.tmp`` names, skipping expired records. Tombstones are not copied: every
    older record of that key is in an input too, and goes away with it. Each output and its hint
    are synced, renamed to their final names, and the directory is synced. **This is the commit
-   point.** A crash before it leaves only ``.tmp`` files, which recovery removes.
+   point.** A crash before the renames leaves only ``.tmp`` files, which recovery removes; a
+   crash between renames leaves some outputs under their final names, which is harmless: they
+   hold copies of records that are still in the inputs, and are read after them.
 3. The engine re-points index entries that still hold the snapshot location (a key written
    during the merge keeps its newer location) and then deletes the inputs, **oldest first**:
    whatever prefix of them a crash leaves behind, every key's newest record is in an output or

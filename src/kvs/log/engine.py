@@ -48,7 +48,7 @@ from kvs.errors import (
 from kvs.log import compaction, filenames, hintfile, record
 from kvs.log.durability import Durability
 from kvs.log.fs import AppendFile, FileSystem, LockHandle, OsFileSystem, ReadBuffer
-from kvs.log.recovery import FileState, location_size, now_ms, recover
+from kvs.log.recovery import FileState, location_size, location_sizes, now_ms, recover
 from kvs.store import Key, KvStore, SyncPolicy, Value, WriteBatch, to_bytes
 
 log = logging.getLogger("kvs")
@@ -67,14 +67,11 @@ _EXPIRES = struct.Struct("<Q")
 MIB = 1 << 20
 #: Format ceiling for one record (offsets and sizes are 31-32 bits in a location).
 _MAX_VALUE_CEILING = 1 << 30
+#: A batch is one record: it must fit the same 31-bit size, and its members 32-bit offsets.
+MAX_BATCH_BYTES = 1 << 30
 
 #: At close, write a hint for the active file only if this many bytes are not yet covered.
 HINT_AT_CLOSE_MIN_BYTES = 256 << 10
-
-
-def _sizes(locations: Iterable[int]) -> Iterator[int]:
-    """The record sizes of ``locations``, computed in C-level maps (no Python call per item)."""
-    return map(_SIZE_MASK.__and__, map(int.__rshift__, locations, repeat(1)))
 
 
 _open_stores: weakref.WeakSet[LogStore] = weakref.WeakSet()
@@ -191,6 +188,8 @@ class LogStore(KvStore):
             raise ValueError(f"max_value_size must be between 1 and {_MAX_VALUE_CEILING}")
         if not 1 <= max_key_size <= _MAX_VALUE_CEILING:
             raise ValueError(f"max_key_size must be between 1 and {_MAX_VALUE_CEILING}")
+        if max_key_size + max_value_size + record.FRAMING > record.MAX_RECORD_LEN:
+            raise ValueError("max_key_size + max_value_size must leave a record under 2 GiB")
         if not 4096 <= max_file_size < 1 << 32:
             raise ValueError("max_file_size must be at least 4096 and below 4 GiB")
         self.path = os.path.abspath(os.fspath(path))
@@ -263,6 +262,12 @@ class LogStore(KvStore):
         self._pos_base = 0  # logical position of the active file's offset 0 (durability)
         try:
             newest = found.files[-1] if found.files else None
+            if newest is not None and found.torn_newest:
+                # Cut the torn tail before anything is appended after it or the file is sealed.
+                assert newest.reader is not None
+                newest.reader.close()
+                self._fs.truncate(newest.path, newest.end)
+                newest.reader = self._fs.open_read(newest.path)
             for state in found.files:
                 if state is newest and state.end < self._max_file_size:
                     break
@@ -274,8 +279,6 @@ class LogStore(KvStore):
                 assert newest.reader is not None
                 newest.reader.close()
                 newest.reader = None
-                if found.torn_newest:
-                    self._fs.truncate(newest.path, newest.end)
                 self._active_tombstones = found.newest_tombstones
                 self._set_active(newest, self._fs.open_append(newest.path, self._max_file_size))
                 if found.torn_newest:
@@ -287,7 +290,7 @@ class LogStore(KvStore):
                 if state.reader is not None:
                     state.reader.close()
             raise
-        self._live = sum(map(location_size, self._index.values()))
+        self._live = sum(location_sizes(self._index.values()))
         self._compact_at = self._compaction_threshold()
 
     def _set_active(self, state: FileState, handle: AppendFile) -> None:
@@ -499,6 +502,7 @@ class LogStore(KvStore):
         container = record.encode_batch_parts([], crcs, bodies)
         sizes = list(map(_FRAMING.__add__, map(int.__add__, key_lens, value_lens)))
         size = len(container)
+        self._check_batch_size(size)
         with self._lock:
             if self._failure is not None:
                 self._refuse_write()
@@ -517,8 +521,8 @@ class LogStore(KvStore):
             index = self._index
             olds = [old for old in map(index.get, new) if old is not None]
             index.update(new)
-            added = sum(sizes) if len(new) == len(sizes) else sum(_sizes(new.values()))
-            self._live += added - sum(_sizes(olds))
+            added = sum(sizes) if len(new) == len(sizes) else sum(location_sizes(new.values()))
+            self._live += added - sum(location_sizes(olds))
             if self._expiry:
                 for key in new:
                     self._expiry.pop(key, None)
@@ -537,6 +541,11 @@ class LogStore(KvStore):
             raise LimitError(
                 f"value of {len(raw_value)} bytes is over the limit of {self._max_value}"
             )
+
+    @staticmethod
+    def _check_batch_size(size: int) -> None:
+        if size > MAX_BATCH_BYTES:
+            raise LimitError(f"batch of {size} bytes is over the limit of {MAX_BATCH_BYTES}")
 
     @staticmethod
     def _expires_ms(ttl: float) -> int:
@@ -604,6 +613,7 @@ class LogStore(KvStore):
                 return
             container = record.encode_batch([rec for _, _, rec, _ in members])
             size = len(container)
+            self._check_batch_size(size)
             offset = self._off
             if offset + size > self._limit:
                 offset = self._make_room(size)
@@ -687,14 +697,16 @@ class LogStore(KvStore):
                 set(self._active_tombstones),
                 dict(self._expiry),
             )
-            self._pending_hints[state.file_id] = job
-            threading.Thread(target=self._background_hint, args=(job,), daemon=True).start()
-        self._active.sync()
-        self._active.close(state.end)
+        else:
+            job = None
+        self._active.close(state.end)  # syncs: the hint job starts after this
         reader = self._fs.open_read(state.path)
         state.reader = reader
         self._views[state.file_id] = reader.buffer
         self._sealed[state.file_id] = state
+        if job is not None:  # only now: the job checks that the file is sealed
+            self._pending_hints[state.file_id] = job
+            threading.Thread(target=self._background_hint, args=(job,), daemon=True).start()
 
     def _background_hint(self, job: _HintJob) -> None:
         with self._compaction_lock:  # a compaction may be about to delete the file
@@ -864,6 +876,7 @@ class LogStore(KvStore):
                 return
             self._closed = True
             self._failure = self._failure or f"store {self.path} is closed"
+            self._durability.sync_now()  # covers writers still waiting under sync="always"
             self._durability.stop()
             errors: list[BaseException] = []
             for job in list(self._pending_hints.values()):
@@ -872,18 +885,15 @@ class LogStore(KvStore):
             with self._sync_lock:
                 state = self._active_state
                 state.end = self._off
-                if state.end - max(state.hinted, record.FILE_HEADER_SIZE) >= (
-                    HINT_AT_CLOSE_MIN_BYTES
-                ):
-                    _write_hint(self._fs, self.path, self._hint_job_for_active())
                 try:
-                    self._active.sync()
-                except OSError as error:
-                    errors.append(error)
-                try:
+                    # Data first: a hint must never describe bytes that are not durable.
                     self._active.close(state.end)
                 except OSError as error:
                     errors.append(error)
+                else:
+                    uncovered = state.end - max(state.hinted, record.FILE_HEADER_SIZE)
+                    if uncovered >= HINT_AT_CLOSE_MIN_BYTES:
+                        _write_hint(self._fs, self.path, self._hint_job_for_active())
             for sealed in self._sealed.values():
                 if sealed.reader is not None:
                     sealed.reader.close()

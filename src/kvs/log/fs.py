@@ -59,7 +59,7 @@ class AppendFile(Protocol):
         """Make everything written so far durable (``fdatasync``)."""
 
     def close(self, final_size: int) -> None:
-        """Unmap, cut the file to ``final_size`` bytes, and close it."""
+        """Unmap, cut the file to ``final_size`` bytes, sync that, and close it."""
 
 
 class ReadFile(Protocol):
@@ -146,6 +146,9 @@ class OsAppendFile:
         try:
             self._map.close()
             os.ftruncate(self._fd, final_size)
+            # Durable before the file counts as sealed: a sealed file must not regain its
+            # preallocated zero tail after a power cut (that would read as corruption).
+            os.fsync(self._fd)
         finally:
             os.close(self._fd)
 

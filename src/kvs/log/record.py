@@ -52,6 +52,7 @@ from typing import Final
 
 from crc32c import crc32c
 
+from kvs.errors import FormatError
 from kvs.log.fs import ReadBuffer
 
 
@@ -98,8 +99,16 @@ class FileHeader:
     nonce: int
 
 
+def header_never_written(data: bytes) -> bool:
+    """True for a header a crash cut short (or left as zeros) while creating its file."""
+    return len(data) < FILE_HEADER_SIZE or not data[:FILE_HEADER_SIZE].strip(b"\x00")
+
+
 def decode_file_header(data: bytes) -> FileHeader | str:
-    """The header, or a reason why ``data`` is not a valid one."""
+    """The header, or a reason why ``data`` is not a valid one.
+
+    Raises ``FormatError`` for a valid header of another format version.
+    """
     if len(data) < FILE_HEADER_SIZE:
         return "file header is cut short"
     magic, version, _flags, file_id, nonce, crc = FILE_HEADER.unpack(data[:FILE_HEADER_SIZE])
@@ -108,7 +117,10 @@ def decode_file_header(data: bytes) -> FileHeader | str:
     if checksum(data[:24]) != crc:
         return "file header checksum mismatch"
     if version != VERSION:
-        return f"unsupported data file version {version}"
+        raise FormatError(
+            f"data file format version {version} is not supported by this kvs "
+            f"(it reads version {VERSION}); use a newer kvs"
+        )
     return FileHeader(file_id, nonce)
 
 
@@ -228,6 +240,29 @@ def iter_records(buffer: ReadBuffer, start: int, end: int) -> Iterator[Entry]:
             key = buffer[offset + RECORD_HEADER_SIZE : offset + RECORD_HEADER_SIZE + key_len]
             yield Entry(offset, size, flags, key, expires_ms)
             offset += size
+
+
+def valid_record_after_damage(buffer: ReadBuffer, bad_offset: int, end: int) -> int | None:
+    """The first valid record after the bad record at ``bad_offset``, if any.
+
+    A batch torn by a crash holds complete, valid members up to the point where the write
+    stopped; they belong to the torn batch and are not evidence of records after it. So when
+    the bad record has a batch header, its chain of valid members is stepped over first.
+    """
+    start = bad_offset + 1
+    head = buffer[bad_offset : bad_offset + RECORD_HEADER_SIZE]
+    if len(head) == RECORD_HEADER_SIZE and head[0] == BATCH:
+        member = bad_offset + RECORD_HEADER_SIZE
+        while True:
+            try:
+                f, klen, vlen, _ = check_record(buffer, member, end)
+            except BadRecord:
+                break
+            if f & BATCH:
+                break
+            member += FRAMING + klen + vlen
+        start = max(start, member)
+    return find_valid_record(buffer, start, end)
 
 
 def find_valid_record(buffer: ReadBuffer, start: int, end: int) -> int | None:

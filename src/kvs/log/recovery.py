@@ -9,17 +9,22 @@ The rules, in order (``docs/format.md`` has the long form):
    file is scanned record by record. A bad hint is ignored with a warning.
 4. A record that fails its checksum or does not parse in the **newest** data file, with no valid
    record anywhere after it, is a torn tail (a crash in the middle of a write, or preallocated
-   space never written): it is cut off, with one warning. With valid records after it, or in
-   any older file, it is damage: ``CorruptionError`` naming the file and offset.
-5. A newest data file whose header is incomplete (a crash while creating it) holds nothing
-   acknowledged and is removed.
+   space never written): it is cut off, with one warning. (The complete members of a torn
+   batch belong to it and do not count as records after it.) With valid records after it, or
+   in any older file, it is damage: ``CorruptionError`` naming the file and offset.
+5. A newest data file whose header is incomplete or all zeros (a crash while creating it) is
+   removed. Any other bad header is ``CorruptionError``; a header of another format version
+   is ``FormatError``.
+6. An expired record counts as a tombstone for its key.
 """
 
 from __future__ import annotations
 
 import logging
 import time
+from collections.abc import Iterable, Iterator
 from dataclasses import dataclass, field
+from itertools import repeat
 
 from kvs.errors import CorruptionError
 from kvs.log import filenames, hintfile, record
@@ -33,6 +38,11 @@ SIZE_MASK = 0x7FFFFFFF
 
 def location_size(location: int) -> int:
     return (location >> 1) & SIZE_MASK
+
+
+def location_sizes(locations: Iterable[int]) -> Iterator[int]:
+    """``location_size`` of each, in C-level maps: no Python call per item (1M keys: ~30 ms)."""
+    return map(SIZE_MASK.__and__, map(int.__rshift__, locations, repeat(1)))
 
 
 @dataclass
@@ -104,13 +114,20 @@ def _load_file(
     path = filenames.data_file(directory, file_id)
     reader = fs.open_read(path)
     buffer, size = reader.buffer, reader.size
-    header = record.decode_file_header(buffer[: record.FILE_HEADER_SIZE])
+    head = buffer[: record.FILE_HEADER_SIZE]
+    if newest and record.header_never_written(head):
+        # Created, but the crash came before its header was durable: nothing in it was
+        # acknowledged (see LogStore._start_new_active).
+        log.warning("removing %s: a crash interrupted its creation", path)
+        reader.close()
+        fs.remove(path)
+        return None
+    try:
+        header = record.decode_file_header(head)
+    except BaseException:
+        reader.close()
+        raise
     if isinstance(header, str):
-        if newest and record.find_valid_record(buffer, record.FILE_HEADER_SIZE, size) is None:
-            log.warning("removing %s: %s (a crash while it was being created)", path, header)
-            reader.close()
-            fs.remove(path)
-            return None
         reader.close()
         raise CorruptionError(path, 0, header)
     if header.file_id != file_id:
@@ -139,9 +156,11 @@ def _load_file(
         for entry in record.iter_records(buffer, start, size):
             key = entry.key
             if entry.flags & record.TOMBSTONE or 0 < entry.expires_ms <= clock:
+                # An expired record hides older values of its key just as a tombstone does,
+                # so the newest file's hint must list it as one (or an older value returns).
                 index.pop(key, None)
                 expiry.pop(key, None)
-                if newest and entry.flags & record.TOMBSTONE:
+                if newest:
                     tombstones.add(key)
                 continue
             index[key] = (
@@ -157,7 +176,7 @@ def _load_file(
             if newest:
                 tombstones.discard(key)
     except record.BadRecord as bad:
-        later = record.find_valid_record(buffer, bad.offset + 1, size) if newest else bad.offset
+        later = record.valid_record_after_damage(buffer, bad.offset, size) if newest else bad.offset
         if later is not None:
             reader.close()
             where = f" (valid records follow at offset {later})" if newest else ""
@@ -196,5 +215,7 @@ def _apply_hint(
         key = keys[entry_index]
         if expires_ms <= clock:
             index.pop(key, None)
+            if newest:
+                out.newest_tombstones.add(key)  # see _load_file: expired hides older values
         else:
             expiry[key] = expires_ms
