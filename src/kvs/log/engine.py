@@ -326,19 +326,15 @@ class LogStore(KvStore):
     # -- reads -------------------------------------------------------------------------------
 
     def get(self, key: Key) -> Value | None:
-        if type(key) is str:
-            key = key.encode()
-        elif type(key) is not bytes:
-            key = to_bytes(key, "key")
+        # The hot path, measured (bench/bench_embedded.py): every line here costs ~5%.
+        if type(key) is not bytes:
+            key = key.encode() if type(key) is str else to_bytes(key, "key")
         location = self._index.get(key)
-        if location is None:
-            return None
-        if self._expiry and self._expired(key):
+        if location is None or (self._expiry and self._expired(key)):
             return None
         offset = (location >> 32) & _U32
-        end = offset + ((location >> 1) & _SIZE_MASK)
         try:
-            data = self._views[location >> 64][offset:end]
+            data = self._views[location >> 64][offset : offset + ((location >> 1) & _SIZE_MASK)]
         except (KeyError, ValueError):
             return self._get_slow(key)
         if _crc32(data) != _RESIDUE:

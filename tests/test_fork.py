@@ -1,0 +1,37 @@
+"""A store carried across fork(): the child gets a clear error; the parent is unaffected."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+from kvs import KvStore, StoreClosedError
+
+
+def test_forked_child_gets_a_clear_error_and_parent_keeps_working(tmp_path: Path) -> None:
+    store = KvStore.open(str(tmp_path), sync="no")
+    store.set("k", "v")
+    read_fd, write_fd = os.pipe()
+    pid = os.fork()
+    if pid == 0:  # the child: report what using the inherited store does, then leave at once
+        os.close(read_fd)
+        outcome = b"no error"
+        try:
+            store.get("k")
+        except StoreClosedError as error:
+            outcome = b"StoreClosedError: " + str(error).encode()
+        except BaseException as error:  # anything else is a failure of the test
+            outcome = type(error).__name__.encode()
+        os.write(write_fd, outcome)
+        os._exit(0)
+    os.close(write_fd)
+    with os.fdopen(read_fd, "rb") as pipe:
+        outcome = pipe.read()
+    os.waitpid(pid, 0)
+    assert outcome.startswith(b"StoreClosedError: "), outcome
+    assert b"fork" in outcome
+    store.set("k2", "v2")
+    assert store.get("k") == "v"
+    store.close()
+    with KvStore.open(str(tmp_path)) as reopened:
+        assert reopened.get("k2") == "v2"
