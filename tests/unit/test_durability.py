@@ -1,0 +1,103 @@
+"""Sync policies and group commit, with a fake fsync so the tests control time."""
+
+from __future__ import annotations
+
+import threading
+import time
+
+import pytest
+
+from kvs import ReadOnlyError, StoreClosedError
+from kvs.log.durability import Durability
+
+
+class FakeDisk:
+    def __init__(self, delay: float = 0.0) -> None:
+        self.written = 0
+        self.syncs = 0
+        self.delay = delay
+        self.fail: OSError | None = None
+
+    def sync(self) -> int:
+        target = self.written
+        time.sleep(self.delay)
+        if self.fail is not None:
+            raise self.fail
+        self.syncs += 1
+        return target
+
+
+def test_always_returns_only_after_a_sync_covering_the_write() -> None:
+    disk = FakeDisk()
+    durability = Durability("always", disk.sync, lambda error: None)
+    disk.written = 100
+    durability.wait(100)
+    assert durability.synced >= 100 and disk.syncs >= 1
+    durability.stop()
+
+
+def test_concurrent_writers_share_fsyncs() -> None:
+    disk = FakeDisk(delay=0.02)
+    durability = Durability("always", disk.sync, lambda error: None)
+    lock = threading.Lock()
+
+    def writer() -> None:
+        for _ in range(5):
+            with lock:
+                disk.written += 1
+                position = disk.written
+            durability.wait(position)
+
+    threads = [threading.Thread(target=writer) for _ in range(8)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    durability.stop()
+    assert durability.synced == 40
+    assert disk.syncs < 40 / 2, f"{disk.syncs} syncs for 40 writes: no grouping"
+
+
+def test_failed_fsync_is_reported_to_waiters_and_the_store() -> None:
+    disk = FakeDisk()
+    failures: list[BaseException] = []
+    durability = Durability("always", disk.sync, failures.append)
+    disk.fail = OSError(5, "Input/output error")
+    disk.written = 10
+    with pytest.raises(ReadOnlyError, match="fsync failed"):
+        durability.wait(10)
+    assert len(failures) == 1
+    with pytest.raises(ReadOnlyError):
+        durability.wait(20)  # never retried silently
+    durability.stop()
+
+
+def test_everysec_syncs_in_the_background() -> None:
+    disk = FakeDisk()
+    durability = Durability("everysec", disk.sync, lambda error: None, interval=0.05)
+    disk.written = 7
+    deadline = time.monotonic() + 5
+    while durability.synced < 7 and time.monotonic() < deadline:
+        time.sleep(0.01)
+    assert durability.synced == 7
+    durability.stop()
+
+
+def test_no_policy_never_syncs_by_itself() -> None:
+    disk = FakeDisk()
+    durability = Durability("no", disk.sync, lambda error: None)
+    disk.written = 5
+    time.sleep(0.1)
+    assert disk.syncs == 0
+    durability.sync_now()
+    assert durability.synced == 5
+    durability.stop()
+
+
+def test_waiting_after_stop_is_refused() -> None:
+    disk = FakeDisk()
+    durability = Durability("always", disk.sync, lambda error: None)
+    durability.stop()
+    disk.written = 3
+    with pytest.raises(StoreClosedError):
+        durability.wait(3)
