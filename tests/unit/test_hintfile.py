@@ -8,9 +8,9 @@ from kvs.log import hintfile
 def test_hint_round_trips_with_tombstones_and_expiries() -> None:
     keys = [b"a", b"bb", b"", b"gone"]
     locations = [
-        hintfile.pack_location(32, 40, 1),
-        hintfile.pack_location(72, 41, 0),
-        hintfile.pack_location(113, 21, 0),
+        hintfile.pack_location(32, 40),
+        hintfile.pack_location(72, 41),
+        hintfile.pack_location(113, 21),
         0,
     ]
     data = hintfile.encode(3, 99, 500, keys, locations, {1: 123456})
@@ -24,7 +24,7 @@ def test_hint_round_trips_with_tombstones_and_expiries() -> None:
 
 
 def test_hint_without_tombstones_says_so() -> None:
-    data = hintfile.encode(1, 2, 3, [b"k"], [hintfile.pack_location(32, 30, 0)], {})
+    data = hintfile.encode(1, 2, 3, [b"k"], [hintfile.pack_location(32, 30)], {})
     hint = hintfile.decode(data)
     assert isinstance(hint, hintfile.Hint)
     assert not hint.has_tombstones

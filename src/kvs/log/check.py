@@ -156,18 +156,19 @@ def _check_hint(
     if hint.covered_len > size:
         return Problem("bad-hint", path, 0, "covers more than the data file holds")
     for key, location in zip(hint.keys, hint.locations, strict=True):
-        record_size = (location >> 1) & hintfile.SIZE_MASK
-        if not record_size:
-            continue
+        if not location:
+            continue  # a tombstone
         offset = location >> 32
+        record_size = (location & 0xFFFFFFFF) - offset
         try:
-            flags, key_len, _, _ = record.check_record(data, offset, size)
+            flags, key_len, value_len, _ = record.check_record(data, offset, size)
         except record.BadRecord as bad:
             return Problem("bad-hint", path, 0, f"entry points at a bad record: {bad}")
         stored_key = data[
             offset + record.RECORD_HEADER_SIZE : offset + record.RECORD_HEADER_SIZE + key_len
         ]
-        if stored_key != key or flags & record.TOMBSTONE:
+        actual_size = record.FRAMING + key_len + value_len
+        if stored_key != key or flags & record.TOMBSTONE or actual_size != record_size:
             return Problem("bad-hint", path, 0, f"entry for {key!r} does not match its record")
     return None
 

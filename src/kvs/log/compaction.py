@@ -76,7 +76,7 @@ def merge(
         for key, location in snapshot:
             file_id = location >> 64
             offset = (location >> 32) & 0xFFFFFFFF
-            size = (location >> 1) & hintfile.SIZE_MASK
+            size = (location & 0xFFFFFFFF) - offset
             data = views[file_id][offset : offset + size]
             if record.checksum(data) != record.CRC_RESIDUE:
                 raise CorruptionError(
@@ -92,7 +92,8 @@ def merge(
                 if writer is not None and current is not None:
                     writer.write(b"".join(pending))
                     pending, pending_len = [], 0
-                    _finish(fs, directory, writer, current, temp_paths)
+                    finishing, writer = writer, None  # _finish closes it, even if it fails
+                    _finish(fs, directory, finishing, current, temp_paths)
                 file_id_out = next(output_ids)
                 current = Output(
                     file_id_out,
@@ -109,7 +110,7 @@ def merge(
             pending.append(data)
             pending_len += size
             current.end += size
-            low = hintfile.pack_location(new_offset, size, location & 1)
+            low = hintfile.pack_location(new_offset, size)
             if expires_ms:
                 current.expiries[len(current.keys)] = expires_ms
             current.keys.append(key)
@@ -120,8 +121,8 @@ def merge(
                 pending, pending_len = [], 0
         if writer is not None and current is not None:
             writer.write(b"".join(pending))
-            _finish(fs, directory, writer, current, temp_paths)
-            writer = None
+            finishing, writer = writer, None
+            _finish(fs, directory, finishing, current, temp_paths)
         # Commit: every output is complete and synced under its temp name; now rename.
         for out in outputs:
             fs.rename(filenames.temp_file(out.path), out.path)
@@ -142,8 +143,10 @@ def _finish(
     fs: FileSystem, directory: str, writer: Writer, out: Output, temp_paths: list[str]
 ) -> None:
     """Sync and close an output data file, then write and sync its hint (both still .tmp)."""
-    writer.sync()
-    writer.close()
+    try:
+        writer.sync()
+    finally:
+        writer.close()
     hint_path = filenames.temp_file(filenames.hint_file(directory, out.file_id))
     temp_paths.append(hint_path)
     hint = fs.create(hint_path)

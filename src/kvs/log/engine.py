@@ -10,7 +10,10 @@ Thread safety / invariants
   copy the record into the active file's map *before* they publish its location in ``_index``.
 * Readers take no lock. ``_index`` maps a key to an int *location*::
 
-      file_id << 64 | offset << 32 | record_size << 1 | key_is_str
+      file_id << 64 | offset << 32 | end          (end = offset + record size)
+
+  which decodes with the fewest big-int operations (the read path is measured). Whether a key
+  was given as ``str`` is read from its record's flags when keys are listed.
 
   and ``_views`` maps a file number to a buffer. A location in ``_index`` always names a
   complete, checksummed record in a file that is in ``_views``, or (for a moment during a
@@ -59,7 +62,6 @@ _crc32 = crc32c  # the C function itself: no Python wrapper call on the hot path
 _RESIDUE = record.CRC_RESIDUE
 _HEAD = record.RECORD_HEADER_SIZE
 _FRAMING = record.FRAMING
-_SIZE_MASK = hintfile.SIZE_MASK
 _U32 = 0xFFFFFFFF
 _VALUE_STR = record.VALUE_STR
 _EXPIRES = struct.Struct("<Q")
@@ -296,6 +298,7 @@ class LogStore(KvStore):
     def _set_active(self, state: FileState, handle: AppendFile) -> None:
         self._active_state = state
         self._active = handle
+        self._active_open = True
         self._buffer = handle.buffer
         self._base = state.file_id << 64
         self._off = state.end
@@ -332,9 +335,8 @@ class LogStore(KvStore):
         location = self._index.get(key)
         if location is None or (self._expiry and self._expired(key)):
             return None
-        offset = (location >> 32) & _U32
         try:
-            data = self._views[location >> 64][offset : offset + ((location >> 1) & _SIZE_MASK)]
+            data = self._views[location >> 64][(location >> 32) & _U32 : location & _U32]
         except (KeyError, ValueError):
             return self._get_slow(key)
         if _crc32(data) != _RESIDUE:
@@ -351,8 +353,10 @@ class LogStore(KvStore):
             location = self._index.get(key)
             if location is None:
                 return None
-            offset = (location >> 32) & _U32
-            data = self._views[location >> 64][offset : offset + location_size(location)]
+            view = self._views.get(location >> 64)
+            if view is None:
+                raise KvsError(f"{filenames.data_file(self.path, location >> 64)} is unavailable")
+            data = view[(location >> 32) & _U32 : location & _U32]
         if _crc32(data) != _RESIDUE:
             self._raise_corrupt(location)
         value = data[_HEAD + len(key) : -4]
@@ -382,13 +386,28 @@ class LogStore(KvStore):
         items = list(self._index.items())  # one C-level copy: a consistent snapshot
         expiry = self._expiry
         clock = now_ms() if expiry else 0
-        keys = sorted(
-            (key, location & 1)
+        selected = sorted(
+            (key, location)
             for key, location in items
             if key.startswith(raw_prefix) and not (expiry and 0 < expiry.get(key, 0) <= clock)
         )
-        for key, is_str in keys:
-            yield key.decode() if is_str else key
+        for key, location in selected:
+            yield key.decode() if self._key_is_str(key, location) else key
+
+    def _key_is_str(self, key: bytes, location: int) -> bool:
+        """Whether ``key`` was last set as ``str``: the KEY_STR flag of its record."""
+        offset = (location >> 32) & _U32
+        try:
+            flags = self._views[location >> 64][offset : offset + 1]
+        except (KeyError, ValueError):  # the file was compacted away meanwhile
+            with self._lock:
+                location = self._index.get(key, location)
+                offset = (location >> 32) & _U32
+                view = self._views.get(location >> 64)
+                if view is None:
+                    return False
+                flags = view[offset : offset + 1]
+        return bool(flags and flags[0] & record.KEY_STR)
 
     def __len__(self) -> int:
         if self._expiry:
@@ -454,12 +473,12 @@ class LogStore(KvStore):
             self._off = end
             index = self._index
             old = index.get(raw_key)
-            index[raw_key] = self._base | (offset << 32) | (size << 1) | (flags >> 2)
+            index[raw_key] = self._base | (offset << 32) | end
             self._total += size
             if old is None:
                 self._live += size
             else:
-                self._live += size - ((old >> 1) & _SIZE_MASK)
+                self._live += size - (old & _U32) + ((old >> 32) & _U32)
                 if self._total - self._live > self._compact_at:
                     self._schedule_compaction()
             if expires_ms:
@@ -511,7 +530,7 @@ class LogStore(KvStore):
             base = self._base
             starts = accumulate(sizes, initial=offset + _HEAD)
             locations = [
-                base | at << 32 | size << 1 for at, size in zip(starts, sizes, strict=False)
+                base | at << 32 | at + size for at, size in zip(starts, sizes, strict=False)
             ]
             new = dict(zip(keys, locations, strict=True))
             index = self._index
@@ -623,8 +642,7 @@ class LogStore(KvStore):
                 if old is not None:
                     self._live -= location_size(old)
                 if is_set:
-                    key_is_str = rec[0] >> 2 & 1
-                    index[raw_key] = self._base | (inner << 32) | (len(rec) << 1) | key_is_str
+                    index[raw_key] = self._base | (inner << 32) | (inner + len(rec))
                     self._live += len(rec)
                     if expires_ms:
                         expiry[raw_key] = expires_ms
@@ -666,12 +684,20 @@ class LogStore(KvStore):
         return self._off
 
     def _rotate(self, capacity: int, reserve_ids: int = 0) -> None:
-        """Seal the active file (hint, sync, trim) and start a new one. Requires ``_lock``."""
+        """Seal the active file (hint, sync, trim) and start a new one. Requires ``_lock``.
+
+        If a step fails once the old file is closed, there is no file to append to: the store
+        turns read-only (reads keep working) until it is reopened.
+        """
         with self._sync_lock:
             old_end = self._off
             self._seal_active()
             self._pos_base += old_end
-            self._start_new_active(capacity, reserve_ids)
+            try:
+                self._start_new_active(capacity, reserve_ids)
+            except OSError as error:
+                self._failure = f"could not start a new data file: {error}"
+                raise
         self._durability_mark(self._pos_base)
 
     def _durability_mark(self, position: int) -> None:
@@ -695,11 +721,21 @@ class LogStore(KvStore):
             )
         else:
             job = None
-        self._active.close(state.end)  # syncs: the hint job starts after this
+        # Map the file read-only before the writable map goes, so that readers always have
+        # one; a failure up to here changes nothing. (The new map may extend past the end the
+        # file is cut to below; nothing past ``state.end`` is ever read.)
+        self._active.sync()
+        self._durability_mark(self._pos_base + state.end)
         reader = self._fs.open_read(state.path)
         state.reader = reader
         self._views[state.file_id] = reader.buffer
         self._sealed[state.file_id] = state
+        self._active_open = False
+        try:
+            self._active.close(state.end)  # cut the preallocated tail, and sync that
+        except OSError as error:
+            self._failure = f"could not seal {state.path}: {error}"
+            raise
         if job is not None:  # only now: the job checks that the file is sealed
             self._pending_hints[state.file_id] = job
             threading.Thread(target=self._background_hint, args=(job,), daemon=True).start()
@@ -725,8 +761,8 @@ class LogStore(KvStore):
     def _sync_active(self) -> int:
         """fdatasync the active file; return the logical position now durable."""
         with self._sync_lock:
-            if self._closed:
-                return 0
+            if not self._active_open:  # a rotation failed: see _rotate
+                raise ReadOnlyError(f"store {self.path} is read-only: {self._failure}")
             target = self._pos_base + self._off
             if target > self._durability.synced:
                 try:
@@ -738,8 +774,9 @@ class LogStore(KvStore):
             return target
 
     def _on_sync_failure(self, error: BaseException) -> None:
-        log.error("fsync of %s failed: %s; the store is now read-only", self.path, error)
-        self._failure = f"fsync failed: {error}"
+        if self._failure is None:
+            log.error("fsync of %s failed: %s; the store is now read-only", self.path, error)
+            self._failure = f"fsync failed: {error}"
 
     def sync(self) -> None:
         """Make every write so far durable now, whatever the policy."""
@@ -824,22 +861,31 @@ class LogStore(KvStore):
                 self._total += out.end - record.FILE_HEADER_SIZE
         self._swap_locations(result)
         with self._lock:
-            removed = [self._sealed.pop(file_id) for file_id in input_ids]
-            for state in removed:
+            inputs = [self._sealed.pop(file_id) for file_id in input_ids]
+            for state in inputs:
                 del self._views[state.file_id]
                 self._total -= state.end - record.FILE_HEADER_SIZE
             self._compact_at = self._compaction_threshold()
-        for state in removed:  # oldest first: see kvs.log.compaction
-            if state.reader is not None:
-                state.reader.close()
+        # Oldest first (see kvs.log.compaction). At the first input that cannot be deleted,
+        # stop: it and every newer input stay on disk, so they stay tracked too, and the next
+        # compaction takes them as inputs again. (Forgetting one would let its old values come
+        # back once a later compaction dropped the tombstones that hide them.)
+        for position, state in enumerate(inputs):
             try:
                 fs.remove(state.path)
-                hint_path = filenames.hint_file(self.path, state.file_id)
-                if state.hinted:
-                    with contextlib.suppress(FileNotFoundError):
-                        fs.remove(hint_path)
             except OSError as error:
+                with self._lock:
+                    for kept in inputs[position:]:
+                        assert kept.reader is not None
+                        self._sealed[kept.file_id] = kept
+                        self._views[kept.file_id] = kept.reader.buffer
+                        self._total += kept.end - record.FILE_HEADER_SIZE
                 raise StorageError(state.path, error) from None
+            if state.reader is not None:
+                state.reader.close()
+            # A hint left behind (this failing) is removed as an orphan at the next open.
+            with contextlib.suppress(OSError):
+                fs.remove(filenames.hint_file(self.path, state.file_id))
         fs.fsync_dir(self.path)
 
     def _swap_locations(self, result: compaction.MergeResult) -> None:
@@ -870,9 +916,9 @@ class LogStore(KvStore):
         with self._compaction_lock, self._lock:
             if self._closed:
                 return
+            self._durability.sync_now()  # covers writers still waiting under sync="always"
             self._closed = True
             self._failure = self._failure or f"store {self.path} is closed"
-            self._durability.sync_now()  # covers writers still waiting under sync="always"
             self._durability.stop()
             errors: list[BaseException] = []
             for job in list(self._pending_hints.values()):
@@ -883,12 +929,15 @@ class LogStore(KvStore):
                 state.end = self._off
                 try:
                     # Data first: a hint must never describe bytes that are not durable.
-                    self._active.close(state.end)
+                    closed_here = self._active_open
+                    if closed_here:
+                        self._active_open = False
+                        self._active.close(state.end)
                 except OSError as error:
                     errors.append(error)
                 else:
                     uncovered = state.end - max(state.hinted, record.FILE_HEADER_SIZE)
-                    if uncovered >= HINT_AT_CLOSE_MIN_BYTES:
+                    if closed_here and uncovered >= HINT_AT_CLOSE_MIN_BYTES:
                         _write_hint(self._fs, self.path, self._hint_job_for_active())
             for sealed in self._sealed.values():
                 if sealed.reader is not None:

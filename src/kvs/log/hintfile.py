@@ -20,9 +20,10 @@ Layout (little-endian), columns rather than rows so it loads with a few C-level 
     | CRC-32C u32 of every byte above                                                     |
     +------------------------------------------------------------------------------------+
 
-A location packs ``offset << 32 | record_size << 1 | key_is_str``: the record's offset in the
-data file (< 4 GiB), its size in bytes, and whether the key was given as ``str``. Location 0
-(record size 0) marks a key removed in this file (a tombstone); header flag bit 0
+A location packs ``offset << 32 | end``: the offset of the key's record in the data file and
+the offset just past it (both < 4 GiB). These are the low 64 bits of the engine's in-memory
+location, so a hint loads with one C-level ``map``. Location 0 marks a key removed in this file
+(a tombstone); header flag bit 0
 (``HAS_TOMBSTONES``) says whether there are any, so a hint without them loads without looking
 at each entry. Each key appears at most once.
 """
@@ -46,11 +47,10 @@ EXPIRY: Final = struct.Struct("<IQ")
 CRC: Final = struct.Struct("<I")
 
 HAS_TOMBSTONES: Final = 0x0001
-SIZE_MASK: Final = 0x7FFFFFFF
 
 
-def pack_location(offset: int, size: int, key_is_str: int) -> int:
-    return (offset << 32) | (size << 1) | key_is_str
+def pack_location(offset: int, size: int) -> int:
+    return (offset << 32) | (offset + size)
 
 
 @dataclass

@@ -33,16 +33,22 @@ from kvs.log.fs import FileSystem, ReadFile
 
 log = logging.getLogger("kvs")
 
-SIZE_MASK = 0x7FFFFFFF
+
+
+_U32 = 0xFFFFFFFF
 
 
 def location_size(location: int) -> int:
-    return (location >> 1) & SIZE_MASK
+    """The record size of a location ``file_id << 64 | offset << 32 | end``."""
+    return (location & _U32) - ((location >> 32) & _U32)
 
 
 def location_sizes(locations: Iterable[int]) -> Iterator[int]:
-    """``location_size`` of each, in C-level maps: no Python call per item (1M keys: ~30 ms)."""
-    return map(SIZE_MASK.__and__, map(int.__rshift__, locations, repeat(1)))
+    """``location_size`` of each, in C-level maps: no Python call per item (1M keys: ~50 ms)."""
+    locs = list(locations)
+    ends = map(_U32.__and__, locs)
+    starts = map(_U32.__and__, map(int.__rshift__, locs, repeat(32)))
+    return map(int.__sub__, ends, starts)
 
 
 @dataclass
@@ -163,12 +169,7 @@ def _load_file(
                 if newest:
                     tombstones.add(key)
                 continue
-            index[key] = (
-                base
-                | (entry.offset << 32)
-                | (entry.size << 1)
-                | (1 if entry.flags & record.KEY_STR else 0)
-            )
+            index[key] = base | (entry.offset << 32) | (entry.offset + entry.size)
             if entry.expires_ms:
                 expiry[key] = entry.expires_ms
             elif expiry:
@@ -204,10 +205,10 @@ def _apply_hint(
         for key in keys:
             expiry.pop(key, None)
     index.update(zip(keys, map(base.__or__, locations), strict=True))
-    # Tombstones (size 0) and expired keys: rare, so handled in a second pass.
+    # Tombstones (location 0) and expired keys: rare, so handled in a second pass.
     if hint.has_tombstones:
         for key, location in zip(keys, locations, strict=True):
-            if not location_size(location):
+            if not location:
                 del index[key]
                 if newest:
                     out.newest_tombstones.add(key)
