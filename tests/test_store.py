@@ -324,3 +324,33 @@ def test_all_sync_policies_store_and_reopen(tmp_path: Path) -> None:
             assert s.get("k") == policy
     with pytest.raises(ValueError, match="sync"):
         KvStore.open(str(tmp_path / "x"), sync="sometimes")
+
+
+def test_expire_and_persist_rewrite_only_the_expiry(store: KvStore) -> None:
+    store.set("k", "value")
+    store.set(b"bin", b"\x00")
+    assert store.expire("k", 3600) is True
+    assert store.get("k") == "value" and 3500 < (store.ttl("k") or 0) <= 3600
+    assert store.expire("k", None) is True
+    assert store.ttl("k") is None and store.get("k") == "value"
+    assert store.expire("absent", 10) is False and store.get("absent") is None
+    assert store.expire(b"bin", 0.1) is True
+    time.sleep(0.2)
+    assert store.get(b"bin") is None
+    assert store.expire(b"bin", 10) is False
+    store = reopen(store)
+    assert store.get("k") == "value" and store.ttl("k") is None
+    assert list(store.scan()) == ["k"]
+    store.close()
+
+
+def test_clear_removes_everything_atomically(store: KvStore) -> None:
+    store.update({b"a": b"1", b"b": b"2"})
+    store.set("c", "3", ttl=60)
+    store.clear()
+    assert len(store) == 0 and list(store.scan()) == []
+    store = reopen(store)
+    assert len(store) == 0
+    store.set("d", "4")
+    assert list(store.scan()) == ["d"]
+    store.close()

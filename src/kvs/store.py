@@ -13,7 +13,7 @@ Anything else (``int``, ``bool``, ``None``, ...) is a ``TypeError``: convert it 
 from __future__ import annotations
 
 from abc import ABC, abstractmethod
-from collections.abc import Iterator
+from collections.abc import Iterable, Iterator, Mapping
 from dataclasses import dataclass, field
 from types import TracebackType
 from typing import Any, Literal, Self
@@ -110,6 +110,14 @@ class KvStore(ABC):
         """Remove ``key``; raises ``KeyNotFound`` (a ``KeyError``) if it is absent."""
 
     @abstractmethod
+    def ttl(self, key: Key) -> float | None:
+        """Seconds until ``key`` expires, ``None`` if it never does; ``KeyNotFound`` if absent."""
+
+    @abstractmethod
+    def expire(self, key: Key, ttl: float | None) -> bool:
+        """Set (or with ``None`` remove) the expiry of an existing key; False if it is absent."""
+
+    @abstractmethod
     def write(self, batch: WriteBatch) -> None:
         """Apply every operation of ``batch`` atomically, also across a crash."""
 
@@ -133,6 +141,20 @@ class KvStore(ABC):
         """Counters that describe the store (keys, bytes, files, ...)."""
 
     # -- conveniences, the same for every engine ---------------------------------------------
+
+    def update(self, items: Mapping[Key, Value] | Iterable[tuple[Key, Value]]) -> None:
+        """Set many keys at once, atomically."""
+        batch = WriteBatch()
+        for key, value in items.items() if isinstance(items, Mapping) else items:
+            batch.set(key, value)
+        self.write(batch)
+
+    def clear(self) -> None:
+        """Remove every key, atomically. Keys other threads set meanwhile may survive."""
+        batch = WriteBatch()
+        for key in list(self.scan()):
+            batch.remove(key, missing_ok=True)
+        self.write(batch)
 
     def batch(self) -> _BatchContext:
         """``with store.batch() as b: b.set(...); b.remove(...)``, written on a clean exit."""

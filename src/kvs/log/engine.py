@@ -460,36 +460,70 @@ class LogStore(KvStore):
         expires_ms = 0 if ttl is None else self._expires_ms(ttl)
         body = _HEADER_PACK(flags, len(raw_key), len(raw_value), expires_ms) + raw_key + raw_value
         rec = body + _CRC_PACK(_crc32(body))
+        with self._lock:
+            position = self._append_set(raw_key, rec, expires_ms)
+        if self._sync_always:
+            self._durability.wait(position)
+
+    def _append_set(self, raw_key: bytes, rec: bytes, expires_ms: int) -> int:
+        """Append the set record ``rec`` and point ``raw_key`` at it; return the logical
+        position durability must reach. Requires ``_lock``."""
+        if self._failure is not None:
+            self._refuse_write()
         size = len(rec)
+        offset = self._off
+        end = offset + size
+        if end > self._limit:
+            offset = self._make_room(size)
+            end = offset + size
+        self._buffer[offset:end] = rec
+        self._off = end
+        index = self._index
+        old = index.get(raw_key)
+        index[raw_key] = self._base | (offset << 32) | end
+        self._total += size
+        if old is None:
+            self._live += size
+        else:
+            self._live += size - (old & _U32) + ((old >> 32) & _U32)
+            if self._total - self._live > self._compact_at:
+                self._schedule_compaction()
+        if expires_ms:
+            self._expiry[raw_key] = expires_ms
+        elif self._expiry:
+            self._expiry.pop(raw_key, None)
+        if self._active_tombstones:
+            self._active_tombstones.discard(raw_key)
+        return self._pos_base + end
+
+    def expire(self, key: Key, ttl: float | None) -> bool:
+        """Give ``key`` a new time to live (``None``: none, as Redis's PERSIST). Rewrites its
+        record with the same value. Returns False, changing nothing, if the key is absent."""
+        raw_key = to_bytes(key, "key")
+        expires_ms = 0 if ttl is None else self._expires_ms(ttl)
         with self._lock:
             if self._failure is not None:
                 self._refuse_write()
-            offset = self._off
-            end = offset + size
-            if end > self._limit:
-                offset = self._make_room(size)
-                end = offset + size
-            self._buffer[offset:end] = rec
-            self._off = end
-            index = self._index
-            old = index.get(raw_key)
-            index[raw_key] = self._base | (offset << 32) | end
-            self._total += size
-            if old is None:
-                self._live += size
-            else:
-                self._live += size - (old & _U32) + ((old >> 32) & _U32)
-                if self._total - self._live > self._compact_at:
-                    self._schedule_compaction()
-            if expires_ms:
-                self._expiry[raw_key] = expires_ms
-            elif self._expiry:
-                self._expiry.pop(raw_key, None)
-            if self._active_tombstones:
-                self._active_tombstones.discard(raw_key)
-            position = self._pos_base + end
+            location = self._index.get(raw_key)
+            if location is None or (self._expiry and self._expired(raw_key)):
+                return False
+            data = self._views[location >> 64][(location >> 32) & _U32 : location & _U32]
+            if _crc32(data) != _RESIDUE:
+                self._raise_corrupt(location)
+            value = data[_HEAD + len(raw_key) : -4]
+            body = _HEADER_PACK(data[0], len(raw_key), len(value), expires_ms) + raw_key + value
+            position = self._append_set(raw_key, body + _CRC_PACK(_crc32(body)), expires_ms)
         if self._sync_always:
             self._durability.wait(position)
+        return True
+
+    def clear(self) -> None:
+        """Remove every key, atomically (one batch of tombstones). Keys other threads set
+        meanwhile may survive."""
+        batch = WriteBatch()
+        for key in list(self._index):
+            batch.remove(key, missing_ok=True)
+        self.write(batch)
 
     def update(self, items: Mapping[Key, Value] | Iterable[tuple[Key, Value]]) -> None:
         """Set many keys at once, atomically (one batch record); no expiry.
