@@ -129,6 +129,10 @@ class KvStore(ABC):
     def __len__(self) -> int: ...
 
     @abstractmethod
+    def sync(self) -> None:
+        """Make every write so far durable now, whatever the sync policy."""
+
+    @abstractmethod
     def compact(self) -> None:
         """Reclaim the space of overwritten, removed and expired records now."""
 

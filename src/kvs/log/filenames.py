@@ -8,6 +8,7 @@ directory), so every file the engine owns starts with ``kvs``:
 ``kvs-<id>.hint``          the hint file of data file ``<id>``
 ``kvs-<id>.<kind>.tmp``    a data or hint file being written; never trusted, removed on open
 ``kvs.lock``               the directory lock; holds the owner's pid
+``kvs.engine``             written by ``kvs-server``: the engine the directory belongs to
 =========================  =================================================================
 
 Anything else in the directory is left alone.
@@ -27,6 +28,7 @@ class FileKind(Enum):
 
 
 LOCK_NAME = "kvs.lock"
+ENGINE_NAME = "kvs.engine"
 _ID_WIDTH = 10
 _PATTERN = re.compile(r"^kvs-(\d{10,})\.(data|hint)(\.tmp)?$")
 
@@ -46,6 +48,10 @@ def temp_file(final_path: str) -> str:
 
 def lock_file(directory: str) -> str:
     return os.path.join(directory, LOCK_NAME)
+
+
+def engine_file(directory: str) -> str:
+    return os.path.join(directory, ENGINE_NAME)
 
 
 def parse(name: str) -> tuple[FileKind, int] | None:

@@ -1,0 +1,183 @@
+"""The ``kvs-server`` command.
+
+    kvs-server [--addr IP:PORT] [--engine NAME] [--dir PATH] [--sync POLICY]
+               [--requirepass PASSWORD | --config FILE] [--protected-mode yes|no]
+               [--maxclients N] [-V]
+
+Listens on ``127.0.0.1:4000`` unless ``--addr`` says otherwise (``[::1]:4000`` for IPv6); keeps
+its data in the current directory unless ``--dir``. Logs go to stderr. The engine a directory
+was first served with is recorded in ``kvs.engine`` as soon as the server starts; starting it
+later with another engine is an error. Binding to an address other than loopback without a
+password is refused unless ``--protected-mode no`` says that is intended.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import logging
+import os
+import sys
+from collections.abc import Sequence
+
+from kvs import __version__
+from kvs.errors import KvsError, StoreLockedError
+from kvs.log import filenames
+from kvs.server.app import KvsServer, Limits, is_loopback, new_event_loop, run
+from kvs.store import KvStore
+
+ENGINES = ("kvs",)
+log = logging.getLogger("kvs.server")
+
+
+class _Parser(argparse.ArgumentParser):
+    def error(self, message: str) -> None:  # type: ignore[override]
+        self.print_usage(sys.stderr)
+        self.exit(2, f"{self.prog}: error: {message}\n")
+
+
+def parse_addr(text: str) -> tuple[str, int]:
+    """``IP:PORT`` (``[v6]:PORT`` or a bare v6 address with a port after the last colon)."""
+    import ipaddress
+
+    host, sep, port_text = text.rpartition(":")
+    if not sep or not port_text.isdigit() or not 0 <= int(port_text) <= 65535:
+        raise argparse.ArgumentTypeError(f"invalid address {text!r}: expected IP:PORT")
+    bare = host[1:-1] if host.startswith("[") and host.endswith("]") else host
+    try:
+        ipaddress.ip_address(bare)
+    except ValueError:
+        raise argparse.ArgumentTypeError(
+            f"invalid address {text!r}: {bare!r} is not an IPv4 or IPv6 address"
+        ) from None
+    return bare, int(port_text)
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = _Parser(prog="kvs-server", description="Serve a kvs store over the Redis protocol.")
+    parser.add_argument("-V", "--version", action="version", version=f"kvs-server {__version__}")
+    parser.add_argument("--addr", type=parse_addr, default=("127.0.0.1", 4000), metavar="IP:PORT")
+    parser.add_argument("--engine", choices=ENGINES, default=None, help="storage engine")
+    parser.add_argument("--dir", default=None, metavar="PATH", help="data directory (default: .)")
+    parser.add_argument(
+        "--sync", choices=("always", "everysec", "no"), default="everysec", help="fsync policy"
+    )
+    parser.add_argument("--requirepass", default=None, metavar="PASSWORD")
+    parser.add_argument(
+        "--config", default=None, metavar="FILE", help="a file of 'requirepass PASSWORD' lines"
+    )
+    parser.add_argument("--protected-mode", choices=("yes", "no"), default="yes")
+    parser.add_argument("--maxclients", type=int, default=10_000, metavar="N")
+    return parser
+
+
+def _read_config(path: str) -> dict[str, str]:
+    settings: dict[str, str] = {}
+    with open(path, encoding="utf-8") as f:
+        for number, line in enumerate(f, 1):
+            line = line.strip()
+            if not line or line.startswith("#"):
+                continue
+            name, _, value = line.partition(" ")
+            if name not in ("requirepass",):
+                raise KvsError(f"{path}:{number}: unknown setting {name!r}")
+            settings[name] = value.strip()
+    return settings
+
+
+def _claim_engine(directory: str, requested: str | None) -> str:
+    """The engine this directory belongs to, recorded before anything is served."""
+    marker = filenames.engine_file(directory)
+    try:
+        with open(marker, encoding="utf-8") as f:
+            recorded: str | None = f.read().strip()
+    except FileNotFoundError:
+        recorded = None
+    if recorded is not None and recorded not in ENGINES:
+        log.warning("%s names an unknown engine %r", marker, recorded)
+    engine = requested or recorded or "kvs"
+    if recorded is not None and recorded != engine:
+        raise KvsError(
+            f"{directory} holds data of the {recorded!r} engine; it cannot be served with "
+            f"{engine!r} (start with --engine {recorded})"
+        )
+    if recorded is None:
+        os.makedirs(directory, mode=0o700, exist_ok=True)
+        temp = marker + ".tmp"
+        with open(os.open(temp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600), "w") as f:
+            f.write(engine + "\n")
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(temp, marker)
+        fd = os.open(directory, os.O_RDONLY | os.O_DIRECTORY)
+        try:
+            os.fsync(fd)  # the choice must survive a SIGKILL a moment from now
+        finally:
+            os.close(fd)
+    return engine
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    logging.basicConfig(
+        format="%(asctime)s kvs-server %(levelname)s: %(message)s", level=logging.INFO
+    )
+    host, port = args.addr
+    directory = os.path.abspath(args.dir or os.getcwd())
+    try:
+        password = args.requirepass
+        if args.config:
+            password = _read_config(args.config).get("requirepass", password)
+        if not is_loopback(host) and not password and args.protected_mode == "yes":
+            print(
+                f"kvs-server: refusing to listen on {host} without a password: anyone who "
+                "can reach it could read and change every key. Set --requirepass, or pass "
+                "--protected-mode no if this network is trusted.",
+                file=sys.stderr,
+            )
+            return 1
+        engine = _claim_engine(directory, args.engine)
+        # Under sync=always the server fsyncs once per event-loop turn for all clients
+        # (group commit), so the store itself only has to hand writes to the OS.
+        store_sync = "no" if args.sync == "always" else args.sync
+        store = KvStore.open(directory, sync=store_sync)
+    except StoreLockedError as error:
+        print(f"kvs-server: {error}", file=sys.stderr)
+        return 3
+    except (KvsError, OSError) as error:
+        print(f"kvs-server: {error}", file=sys.stderr)
+        return 1
+    server = KvsServer(
+        store,
+        host=host,
+        port=port,
+        engine=engine,
+        sync=args.sync,
+        directory=directory,
+        password=password.encode() if password else None,
+        limits=Limits(max_clients=args.maxclients),
+    )
+    log.info("kvs-server %s", __version__)
+    log.info("storage engine: %s, sync: %s, data: %s", engine, args.sync, directory)
+
+    def ready(srv: KvsServer) -> None:
+        bound_host, bound_port = srv.address
+        shown = f"[{bound_host}]" if ":" in bound_host else bound_host
+        log.info("listening on %s:%d", shown, bound_port)
+
+    loop = new_event_loop()
+    try:
+        loop.run_until_complete(run(server, ready))
+    except OSError as error:
+        store.close()
+        print(f"kvs-server: cannot listen on {host}:{port}: {error.strerror}", file=sys.stderr)
+        return 1
+    finally:
+        loop.close()
+    log.info("kvs-server stopped; data synced and closed")
+    return 0
+
+
+if __name__ == "__main__":  # pragma: no cover
+    asyncio.set_event_loop_policy(None)
+    sys.exit(main())

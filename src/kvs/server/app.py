@@ -1,0 +1,305 @@
+"""The network side of ``kvs-server``: asyncio, one ``Protocol`` per connection.
+
+Per connection: bytes in -> ``RespParser`` -> ``commands.execute`` -> replies out, all on the
+event loop's thread (so every command is atomic with respect to other clients). The server
+adds what a socket needs and the pure layers do not know about:
+
+* **Group commit** under ``sync="always"``: the store only hands writes to the OS; the server
+  holds back the replies of every connection served in one turn of the event loop, makes one
+  ``fsync`` for all of them, then sends them (Redis's ``appendfsync always`` does the same).
+* **Back-pressure**: when a connection's unsent replies pass the transport's high-water mark,
+  the server stops reading from it, so a client that sends and never reads cannot make the
+  server buffer without bound; past ``max_output_buffer`` the connection is closed.
+* **Limits**: ``maxclients``; the parser's (bulk, arguments, inline, query buffer); a client
+  must send a complete first command within ``handshake_timeout`` seconds (against
+  slow-loris connections that would otherwise hold a slot forever).
+* **Shutdown** (``SHUTDOWN``, ``SIGTERM``/``SIGINT``, or ``KvsServer.shutdown()``): stop
+  accepting, flush replies, sync and close the store.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import ipaddress
+import logging
+import signal
+import socket
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any
+
+from kvs.protocol.resp import ProtocolError, RespParser
+from kvs.server.commands import COMMANDS, ServerState, Session, Shutdown, execute
+from kvs.store import KvStore
+
+log = logging.getLogger("kvs.server")
+
+_MAX_CLIENTS_REPLY = b"-ERR max number of clients reached\r\n"
+
+
+@dataclass
+class Limits:
+    """Defaults are Redis's, except the output limit (Redis leaves normal clients unbounded)."""
+
+    max_clients: int = 10_000
+    max_bulk_len: int = 512 * 1024 * 1024
+    max_query_buffer: int = 1024 * 1024 * 1024
+    max_inline_len: int = 64 * 1024
+    max_args: int = 1024 * 1024
+    max_output_buffer: int = 256 * 1024 * 1024
+    handshake_timeout: float = 10.0
+
+
+def is_loopback(host: str) -> bool:
+    try:
+        return ipaddress.ip_address(host.strip("[]")).is_loopback
+    except ValueError:
+        return host == "localhost"
+
+
+class _Connection(asyncio.Protocol):
+    def __init__(self, server: KvsServer) -> None:
+        self.server = server
+        self.transport: asyncio.Transport | None = None
+        self.session: Session | None = None
+        self.parser: RespParser | None = None
+        self.handshake: asyncio.TimerHandle | None = None
+        self.paused = False
+
+    # asyncio callbacks --------------------------------------------------------------------
+
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        assert isinstance(transport, asyncio.Transport)
+        self.transport = transport
+        server = self.server
+        state = server.state
+        if len(state.clients) >= server.limits.max_clients:
+            transport.write(_MAX_CLIENTS_REPLY)
+            transport.close()
+            return
+        sock = transport.get_extra_info("socket")
+        if sock is not None and sock.family in (socket.AF_INET, socket.AF_INET6):
+            with contextlib.suppress(OSError):
+                sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+        limits = server.limits
+        self.parser = RespParser(
+            max_bulk_len=limits.max_bulk_len,
+            max_args=limits.max_args,
+            max_inline_len=limits.max_inline_len,
+            max_buffer=limits.max_query_buffer,
+        )
+        self.session = state.new_session()
+        if not self.session.authenticated:
+            self.parser.set_unauthenticated(True)
+        transport.set_write_buffer_limits(high=1 << 20)
+        server.connections.add(self)
+        if limits.handshake_timeout > 0:
+            self.handshake = asyncio.get_running_loop().call_later(
+                limits.handshake_timeout, self._handshake_expired
+            )
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        if self.handshake is not None:
+            self.handshake.cancel()
+        if self.session is not None:
+            self.server.state.clients.pop(self.session.id, None)
+        self.server.connections.discard(self)
+
+    def pause_writing(self) -> None:
+        # The client is not reading its replies: stop reading its commands until it does.
+        assert self.transport is not None
+        self.paused = True
+        self.transport.pause_reading()
+        if self.transport.get_write_buffer_size() > self.server.limits.max_output_buffer:
+            log.warning("closing client %s: output buffer limit reached", self._peer())
+            self.transport.abort()
+
+    def resume_writing(self) -> None:
+        assert self.transport is not None
+        self.paused = False
+        if not self.transport.is_closing():
+            self.transport.resume_reading()
+
+    def data_received(self, data: bytes) -> None:
+        parser, session, transport = self.parser, self.session, self.transport
+        if parser is None or session is None or transport is None:
+            return
+        server = self.server
+        replies: list[bytes] = []
+        wrote = False
+        try:
+            parser.feed(data)
+            while True:
+                argv = parser.next_command()
+                if argv is None:
+                    break
+                if self.handshake is not None:
+                    self.handshake.cancel()
+                    self.handshake = None
+                cmd = COMMANDS.get(argv[0].lower())
+                wrote = wrote or (cmd is not None and cmd.write)
+                replies.append(execute(server.state, session, argv))
+                if parser.unauthenticated and session.authenticated:
+                    parser.set_unauthenticated(False)
+                if session.closing:
+                    break
+        except ProtocolError as error:
+            replies.append(error.reply)
+            session.closing = True
+        except Shutdown:
+            self._send(b"".join(replies), wrote)
+            server.request_shutdown()
+            return
+        except Exception:  # a bug: log it, answer, and keep serving everyone else
+            log.exception("error while serving client %s", self._peer())
+            replies.append(b"-ERR internal error (see the server log)\r\n")
+            session.closing = True
+        self._send(b"".join(replies), wrote)
+
+    # helpers --------------------------------------------------------------------------------
+
+    def _send(self, payload: bytes, wrote: bool) -> None:
+        if wrote and self.server.group_commit:
+            self.server.hold_until_synced(self, payload)
+        else:
+            self.deliver(payload)
+
+    def deliver(self, payload: bytes) -> None:
+        transport, session = self.transport, self.session
+        if transport is None or transport.is_closing():
+            return
+        if payload:
+            transport.write(payload)
+        if session is not None and session.closing:
+            transport.close()
+
+    def _handshake_expired(self) -> None:
+        self.handshake = None
+        if self.transport is not None and not self.transport.is_closing():
+            log.info("closing client %s: no complete command in time", self._peer())
+            self.transport.abort()
+
+    def _peer(self) -> str:
+        peer = self.transport.get_extra_info("peername") if self.transport else None
+        return str(peer)
+
+
+class KvsServer:
+    """A kvs-server inside this process (the CLI runs one; tests and benchmarks may too)."""
+
+    def __init__(
+        self,
+        store: KvStore,
+        *,
+        host: str = "127.0.0.1",
+        port: int = 4000,
+        engine: str = "kvs",
+        sync: str = "everysec",
+        directory: str = ".",
+        password: bytes | None = None,
+        limits: Limits | None = None,
+    ) -> None:
+        self.limits = limits or Limits()
+        self.state = ServerState(
+            store,
+            password=password,
+            engine=engine,
+            sync=sync,
+            directory=directory,
+            bind=f"{host}:{port}",
+            max_clients=self.limits.max_clients,
+            max_bulk_len=self.limits.max_bulk_len,
+        )
+        self.host = host
+        self.port = port
+        self.group_commit = sync == "always"
+        self.connections: set[_Connection] = set()
+        self._held: list[tuple[_Connection, bytes]] = []
+        self._server: asyncio.Server | None = None
+        self._stopped: asyncio.Event | None = None
+        self._loop: asyncio.AbstractEventLoop | None = None
+
+    @property
+    def address(self) -> tuple[str, int]:
+        """The address actually bound (the port is chosen by the OS when 0 was asked for)."""
+        assert self._server is not None and self._server.sockets
+        name = self._server.sockets[0].getsockname()
+        return str(name[0]), int(name[1])
+
+    async def start(self) -> None:
+        self._loop = asyncio.get_running_loop()
+        self._stopped = asyncio.Event()
+        self._server = await self._loop.create_server(
+            lambda: _Connection(self), self.host.strip("[]"), self.port, reuse_address=True
+        )
+
+    async def serve_until_shutdown(self) -> None:
+        assert self._stopped is not None
+        await self._stopped.wait()
+
+    def hold_until_synced(self, connection: _Connection, payload: bytes) -> None:
+        """Group commit: send ``payload`` after the fsync that ends this loop turn."""
+        if not self._held:
+            assert self._loop is not None
+            self._loop.call_soon(self._sync_and_release)
+        self._held.append((connection, payload))
+
+    def _sync_and_release(self) -> None:
+        held, self._held = self._held, []
+        try:
+            self.state.store.sync()
+        except Exception as error:
+            log.error("fsync failed: %s; write replies become errors", error)
+            failure = b"-ERR fsync failed: the write is not durable; see the server log\r\n"
+            for connection, _ in held:
+                if connection.session is not None:
+                    connection.session.closing = True
+                connection.deliver(failure)
+            return
+        for connection, payload in held:
+            connection.deliver(payload)
+
+    def request_shutdown(self) -> None:
+        if self._stopped is not None:
+            self._stopped.set()
+
+    async def shutdown(self) -> None:
+        """Stop accepting, send what is owed, close every connection, close the store."""
+        if self._server is not None:
+            self._server.close()
+        if self._held:
+            self._sync_and_release()
+        for connection in list(self.connections):
+            if connection.transport is not None:
+                connection.transport.close()
+        if self._server is not None:
+            await self._server.wait_closed()
+        self.state.store.close()
+        self.request_shutdown()
+
+
+def install_signal_handlers(server: KvsServer, loop: asyncio.AbstractEventLoop) -> None:
+    for signum in (signal.SIGTERM, signal.SIGINT):
+        loop.add_signal_handler(signum, server.request_shutdown)
+
+
+def new_event_loop() -> asyncio.AbstractEventLoop:
+    """uvloop's loop when it is installed (faster), else asyncio's."""
+    try:
+        import uvloop  # type: ignore[import-not-found, unused-ignore]
+    except ImportError:
+        return asyncio.new_event_loop()
+    loop: asyncio.AbstractEventLoop = uvloop.new_event_loop()
+    return loop
+
+
+async def run(server: KvsServer, on_ready: Callable[[KvsServer], Any] | None = None) -> None:
+    await server.start()
+    install_signal_handlers(server, asyncio.get_running_loop())
+    if on_ready is not None:
+        on_ready(server)
+    try:
+        await server.serve_until_shutdown()
+    finally:
+        await server.shutdown()

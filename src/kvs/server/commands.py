@@ -1,0 +1,993 @@
+"""Command dispatch: ``(server state, session, argv) -> reply bytes``. No sockets here.
+
+Every command runs to completion on the event loop's thread, one at a time, so each is atomic
+with respect to every other client. A ``MULTI``/``EXEC`` block runs against an overlay of the
+store (``_Transaction``) and is written as one atomic batch: all of its writes or none, also
+across a crash.
+
+Replies and error texts are Redis's, so that redis-py maps them to its exception classes and
+redis-cli prints what Redis users expect.
+"""
+
+from __future__ import annotations
+
+import fnmatch
+import hmac
+import os
+import re
+import time
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass, field
+from typing import Final
+
+from crc32c import crc32c
+
+from kvs import __version__
+from kvs.errors import KeyNotFound, KvsError, LimitError, ReadOnlyError
+from kvs.protocol.resp import OK, PONG, QUEUED, RESP2, RESP3, ReplyEncoder
+from kvs.store import KvStore, WriteBatch
+
+#: What INFO and HELLO report as ``redis_version``: the Redis command set kvs follows.
+REDIS_COMPAT_VERSION: Final = "7.0.0"
+
+_INT64_MIN: Final = -(1 << 63)
+_INT64_MAX: Final = (1 << 63) - 1
+_WRONG_INT: Final = b"-ERR value is not an integer or out of range\r\n"
+_SYNTAX: Final = b"-ERR syntax error\r\n"
+_NOAUTH: Final = b"-NOAUTH Authentication required.\r\n"
+_WRONGPASS: Final = b"-WRONGPASS invalid username-password pair or user is disabled.\r\n"
+_ZERO: Final = b":0\r\n"
+_ONE: Final = b":1\r\n"
+
+
+class Shutdown(Exception):
+    """Raised by SHUTDOWN: the server stops after sending nothing more to this client."""
+
+
+@dataclass
+class ServerState:
+    """What every connection shares."""
+
+    store: KvStore
+    password: bytes | None = None
+    engine: str = "kvs"
+    sync: str = "everysec"
+    directory: str = "."
+    bind: str = "127.0.0.1:4000"
+    max_clients: int = 10_000
+    max_bulk_len: int = 512 * 1024 * 1024
+    started: float = field(default_factory=time.time)
+    commands_processed: int = 0
+    connections_received: int = 0
+    clients: dict[int, Session] = field(default_factory=dict)
+    next_client_id: int = 1
+
+    def new_session(self) -> Session:
+        session = Session(self.next_client_id, authenticated=self.password is None)
+        self.next_client_id += 1
+        self.connections_received += 1
+        self.clients[session.id] = session
+        return session
+
+
+@dataclass
+class Session:
+    """One client connection's state."""
+
+    id: int
+    authenticated: bool = True
+    name: bytes | None = None
+    encoder: ReplyEncoder = field(default_factory=lambda: ReplyEncoder(RESP2))
+    transaction: _Transaction | None = None
+    transaction_failed: bool = False
+    closing: bool = False  # QUIT: close once the reply is written
+    library: bytes = b""
+
+
+Handler = Callable[[ServerState, Session, list[bytes]], bytes]
+
+
+@dataclass(frozen=True)
+class Command:
+    name: str
+    arity: int  # Redis style: n = exactly n words (name included); -n = at least n
+    handler: Handler
+    write: bool = False
+    no_auth: bool = False  # allowed before AUTH
+    in_transaction: bool = True  # may be queued inside MULTI
+
+
+COMMANDS: dict[bytes, Command] = {}
+
+
+def command(
+    name: str, arity: int, *, write: bool = False, no_auth: bool = False, queue: bool = True
+) -> Callable[[Handler], Handler]:
+    def register(handler: Handler) -> Handler:
+        COMMANDS[name.encode()] = Command(name, arity, handler, write, no_auth, queue)
+        return handler
+
+    return register
+
+
+def execute(state: ServerState, session: Session, argv: list[bytes]) -> bytes:
+    """Run one command and return its complete reply."""
+    state.commands_processed += 1
+    name = argv[0].lower()
+    cmd = COMMANDS.get(name)
+    if cmd is None:
+        if session.transaction is not None:
+            session.transaction_failed = True
+        return _unknown_command(argv)
+    if (cmd.arity > 0 and len(argv) != cmd.arity) or (cmd.arity < 0 and len(argv) < -cmd.arity):
+        if session.transaction is not None:
+            session.transaction_failed = True
+        return b"-ERR wrong number of arguments for '%b' command\r\n" % cmd.name.encode()
+    if not session.authenticated and not cmd.no_auth:
+        return _NOAUTH
+    if session.transaction is not None and cmd.in_transaction:
+        session.transaction.queued.append((cmd, argv))
+        return QUEUED
+    try:
+        return cmd.handler(state, session, argv)
+    except ReadOnlyError as error:
+        return b"-READONLY %b\r\n" % _one_line(str(error))
+    except LimitError as error:
+        return b"-ERR %b\r\n" % _one_line(str(error))
+    except KvsError as error:
+        return b"-ERR %b\r\n" % _one_line(str(error))
+
+
+def _unknown_command(argv: list[bytes]) -> bytes:
+    shown = b"".join(b"'%b' " % _printable(arg) for arg in argv[1:][:64])
+    return b"-ERR unknown command '%b', with args beginning with: %b\r\n" % (
+        _printable(argv[0]),
+        shown,
+    )
+
+
+def _printable(data: bytes) -> bytes:
+    return data[:128].replace(b"\r", b" ").replace(b"\n", b" ")
+
+
+def _one_line(text: str) -> bytes:
+    return text.replace("\r", " ").replace("\n", " ").encode()
+
+
+def _parse_int(data: bytes) -> int | None:
+    """A Redis integer argument: decimal, optional '-', no spaces, within int64."""
+    if not data or len(data) > 20 or not re.fullmatch(rb"-?[0-9]+", data):
+        return None
+    value = int(data)
+    return value if _INT64_MIN <= value <= _INT64_MAX else None
+
+
+# -- connection, server -------------------------------------------------------------------
+
+
+@command("ping", -1, no_auth=True)
+def _ping(state: ServerState, session: Session, argv: list[bytes]) -> bytes:
+    if len(argv) > 2:
+        return b"-ERR wrong number of arguments for 'ping' command\r\n"
+    if not session.authenticated:
+        return _NOAUTH
+    return session.encoder.bulk(argv[1]) if len(argv) == 2 else PONG
+
+
+@command("echo", 2)
+def _echo(state: ServerState, session: Session, argv: list[bytes]) -> bytes:
+    return session.encoder.bulk(argv[1])
+
+
+@command("quit", -1, no_auth=True, queue=False)
+def _quit(state: ServerState, session: Session, argv: list[bytes]) -> bytes:
+    session.closing = True
+    return OK
+
+
+@command("select", 2)
+def _select(state: ServerState, session: Session, argv: list[bytes]) -> bytes:
+    index = _parse_int(argv[1])
+    if index is None:
+        return _WRONG_INT
+    return OK if index == 0 else b"-ERR DB index is out of range\r\n"
+
+
+def _check_password(state: ServerState, user: bytes, password: bytes) -> bool:
+    if state.password is None:
+        return False
+    # Both comparisons always run, in constant time: no timing hint about which one failed.
+    user_ok = hmac.compare_digest(user, b"default")
+    password_ok = hmac.compare_digest(password, state.password)
+    return user_ok and password_ok
+
+
+@command("auth", -2, no_auth=True, queue=False)
+def _auth(state: ServerState, session: Session, argv: list[bytes]) -> bytes:
+    if len(argv) > 3:
+        return _SYNTAX
+    if state.password is None:
+        return (
+            b"-ERR AUTH <password> called without any password configured for the default "
+            b"user. Are you sure your configuration is correct?\r\n"
+        )
+    user, password = (b"default", argv[1]) if len(argv) == 2 else (argv[1], argv[2])
+    if not _check_password(state, user, password):
+        return _WRONGPASS
+    session.authenticated = True
+    return OK
+
+
+@command("hello", -1, no_auth=True, queue=False)
+def _hello(state: ServerState, session: Session, argv: list[bytes]) -> bytes:
+    protocol = session.encoder.protocol
+    args = argv[1:]
+    if args:
+        version = _parse_int(args[0])
+        if version is None:
+            return b"-ERR Protocol version is not an integer or out of range\r\n"
+        if version not in (RESP2, RESP3):
+            return b"-NOPROTO unsupported protocol version\r\n"
+        protocol = version
+        args = args[1:]
+    name = None
+    while args:
+        option = args[0].lower()
+        if option == b"auth" and len(args) >= 3:
+            if not _check_password(state, args[1], args[2]):
+                return _WRONGPASS
+            session.authenticated = True
+            args = args[3:]
+        elif option == b"setname" and len(args) >= 2:
+            name = args[1]
+            args = args[2:]
+        else:
+            return b"-ERR Syntax error in HELLO option '%b'\r\n" % _printable(args[0])
+    if not session.authenticated:
+        return (
+            b"-NOAUTH HELLO must be called with the client already authenticated, otherwise "
+            b"the HELLO <proto> AUTH <user> <pass> option can be used to authenticate the "
+            b"client and select the RESP protocol version at the same time\r\n"
+        )
+    if name is not None:
+        session.name = name
+    session.encoder = ReplyEncoder(protocol)
+    enc = session.encoder
+    fields = [
+        (b"server", enc.bulk(b"redis")),
+        (b"version", enc.bulk(REDIS_COMPAT_VERSION.encode())),
+        (b"proto", enc.integer(protocol)),
+        (b"id", enc.integer(session.id)),
+        (b"mode", enc.bulk(b"standalone")),
+        (b"role", enc.bulk(b"master")),
+        (b"modules", enc.array([])),
+    ]
+    return enc.map([(enc.bulk(key), value) for key, value in fields])
+
+
+@command("client", -2)
+def _client(state: ServerState, session: Session, argv: list[bytes]) -> bytes:
+    sub = argv[1].lower()
+    enc = session.encoder
+    if sub == b"setname" and len(argv) == 3:
+        if b" " in argv[2] or b"\n" in argv[2]:
+            return b"-ERR Client names cannot contain spaces, newlines or special characters.\r\n"
+        session.name = argv[2] or None
+        return OK
+    if sub == b"getname" and len(argv) == 2:
+        return enc.bulk(session.name)
+    if sub == b"id" and len(argv) == 2:
+        return enc.integer(session.id)
+    if sub == b"setinfo" and len(argv) == 4:
+        session.library = argv[3]
+        return OK
+    if sub == b"info" and len(argv) == 2:
+        return enc.bulk(_client_line(session))
+    if sub == b"list" and len(argv) == 2:
+        return enc.bulk(b"".join(_client_line(s) for s in state.clients.values()))
+    return _unknown_subcommand(argv[1], b"CLIENT")
+
+
+def _unknown_subcommand(sub: bytes, parent: bytes) -> bytes:
+    return b"-ERR unknown subcommand or wrong number of arguments for '%b'. Try %b HELP.\r\n" % (
+        _printable(sub),
+        parent,
+    )
+
+
+def _client_line(session: Session) -> bytes:
+    return b"id=%d name=%b lib-name=%b resp=%d\n" % (
+        session.id,
+        session.name or b"",
+        session.library,
+        session.encoder.protocol,
+    )
+
+
+@command("command", -1)
+def _command(state: ServerState, session: Session, argv: list[bytes]) -> bytes:
+    enc = session.encoder
+    sub = argv[1].lower() if len(argv) > 1 else b""
+    if sub == b"count":
+        return enc.integer(len(COMMANDS))
+    if sub == b"docs":
+        return enc.map([]) if enc.protocol == RESP3 else enc.array([])
+    if sub in (b"", b"info"):
+        wanted = [a.lower() for a in argv[2:]] if sub == b"info" else sorted(COMMANDS)
+        entries = []
+        for name in wanted:
+            cmd = COMMANDS.get(name)
+            if cmd is None:
+                entries.append(enc.null_array)
+                continue
+            flags = [enc.simple(b"write" if cmd.write else b"readonly")]
+            first_key = 1 if cmd.name in _KEYED else 0
+            entries.append(
+                enc.array(
+                    [
+                        enc.bulk(cmd.name.encode()),
+                        enc.integer(cmd.arity),
+                        enc.set(flags),
+                        enc.integer(first_key),
+                        enc.integer(-1 if first_key and cmd.name in _MULTI_KEY else first_key),
+                        enc.integer(1 if first_key else 0),
+                    ]
+                )
+            )
+        return enc.array(entries)
+    return b"-ERR unknown subcommand '%b'. Try COMMAND HELP.\r\n" % _printable(argv[1])
+
+
+@command("config", -2)
+def _config(state: ServerState, session: Session, argv: list[bytes]) -> bytes:
+    enc = session.encoder
+    sub = argv[1].lower()
+    if sub != b"get" or len(argv) < 3:
+        if sub in (b"set", b"resetstat", b"rewrite"):
+            return (
+                b"-ERR CONFIG %b is not supported: kvs-server takes its settings from its "
+                b"command line\r\n" % sub.upper()
+            )
+        return _unknown_subcommand(argv[1], b"CONFIG")
+    host, _, port = state.bind.rpartition(":")
+    values = {
+        b"appendonly": b"yes",
+        b"appendfsync": state.sync.encode(),
+        b"bind": host.strip("[]").encode(),
+        b"databases": b"1",
+        b"dir": os.path.abspath(state.directory).encode(),
+        b"maxclients": str(state.max_clients).encode(),
+        b"port": port.encode(),
+        b"proto-max-bulk-len": str(state.max_bulk_len).encode(),
+        b"protected-mode": b"yes",
+        b"requirepass": b"" if state.password is None else b"(set)",
+        b"save": b"",
+        b"timeout": b"0",
+    }
+    pairs: list[tuple[bytes, bytes]] = []
+    for pattern in argv[2:]:
+        matcher = _glob(pattern.lower())
+        for key, value in values.items():
+            if matcher(key) and all(key != k for k, _ in pairs):
+                pairs.append((key, value))
+    return enc.map([(enc.bulk(k), enc.bulk(v)) for k, v in pairs])
+
+
+@command("info", -1)
+def _info(state: ServerState, session: Session, argv: list[bytes]) -> bytes:
+    store = state.store
+    stats = store.stats()
+    uptime = int(time.time() - state.started)
+    sections = {
+        "server": [
+            f"redis_version:{REDIS_COMPAT_VERSION}",
+            f"kvs_version:{__version__}",
+            "redis_mode:standalone",
+            f"process_id:{os.getpid()}",
+            f"tcp_port:{state.bind.rpartition(':')[2]}",
+            f"uptime_in_seconds:{uptime}",
+            f"engine:{state.engine}",
+        ],
+        "clients": [f"connected_clients:{len(state.clients)}", f"maxclients:{state.max_clients}"],
+        "persistence": [
+            "loading:0",
+            "aof_enabled:1",
+            f"kvs_sync:{state.sync}",
+            f"kvs_live_bytes:{stats.get('live_bytes', 0)}",
+            f"kvs_stale_bytes:{stats.get('stale_bytes', 0)}",
+        ],
+        "stats": [
+            f"total_connections_received:{state.connections_received}",
+            f"total_commands_processed:{state.commands_processed}",
+        ],
+        "keyspace": [f"db0:keys={len(store)},expires=0"] if len(store) else [],
+    }
+    wanted = {a.decode(errors="replace").lower() for a in argv[1:]}
+    if not wanted or wanted & {"all", "everything", "default"}:
+        wanted = set(sections)
+    text = "\r\n".join(
+        f"# {name.capitalize()}\r\n" + "\r\n".join(lines)
+        for name, lines in sections.items()
+        if name in wanted
+    )
+    return session.encoder.verbatim(text.encode() + b"\r\n")
+
+
+@command("dbsize", 1)
+def _dbsize(state: ServerState, session: Session, argv: list[bytes]) -> bytes:
+    return session.encoder.integer(len(state.store))
+
+
+@command("shutdown", -1, queue=False)
+def _shutdown(state: ServerState, session: Session, argv: list[bytes]) -> bytes:
+    for option in argv[1:]:
+        if option.lower() not in (b"nosave", b"save", b"now", b"force", b"abort"):
+            return _SYNTAX
+    if any(o.lower() == b"abort" for o in argv[1:]):
+        return b"-ERR No shutdown in progress.\r\n"
+    raise Shutdown
+
+
+# -- keys and strings ----------------------------------------------------------------------
+
+_KEYED: Final = {
+    "get", "set", "getdel", "mget", "mset", "del", "unlink", "exists", "expire", "pexpire",
+    "ttl", "pttl", "persist", "type", "strlen", "append", "incr", "incrby", "decr", "decrby",
+    "getset", "setnx", "expireat", "pexpireat",
+}  # fmt: skip
+_MULTI_KEY: Final = {"mget", "mset", "del", "unlink", "exists"}
+
+
+def _db(session: Session, state: ServerState) -> KvStore | _Transaction:
+    return session.transaction if session.transaction is not None else state.store
+
+
+def _get_bytes(db: KvStore | _Transaction, key: bytes) -> bytes | None:
+    value = db.get(key)
+    if value is None or isinstance(value, bytes):
+        return value
+    return value.encode()
+
+
+@command("get", 2)
+def _get(state: ServerState, session: Session, argv: list[bytes]) -> bytes:
+    return session.encoder.bulk(_get_bytes(state.store, argv[1]))
+
+
+@command("set", -3, write=True)
+def _set(state: ServerState, session: Session, argv: list[bytes]) -> bytes:
+    return _do_set(state.store, session.encoder, argv)
+
+
+def _do_set(db: KvStore | _Transaction, enc: ReplyEncoder, argv: list[bytes]) -> bytes:
+    key, value = argv[1], argv[2]
+    ttl: float | None = None
+    at_ms: int | None = None
+    nx = xx = get = keepttl = False
+    i = 3
+    while i < len(argv):
+        option = argv[i].lower()
+        if option in (b"ex", b"px", b"exat", b"pxat") and i + 1 < len(argv):
+            if ttl is not None or at_ms is not None or keepttl:
+                return _SYNTAX
+            number = _parse_int(argv[i + 1])
+            if number is None:
+                return _WRONG_INT
+            if number <= 0:
+                return b"-ERR invalid expire time in 'set' command\r\n"
+            if option == b"ex":
+                ttl = float(number)
+            elif option == b"px":
+                ttl = number / 1000
+            else:
+                at_ms = number * 1000 if option == b"exat" else number
+            i += 2
+        elif option == b"nx" and not xx:
+            nx = True
+            i += 1
+        elif option == b"xx" and not nx:
+            xx = True
+            i += 1
+        elif option == b"get":
+            get = True
+            i += 1
+        elif option == b"keepttl" and ttl is None and at_ms is None:
+            keepttl = True
+            i += 1
+        else:
+            return _SYNTAX
+    old = _get_bytes(db, key) if (nx or xx or get) else None
+    exists = old is not None if (nx or xx or get) else False
+    if (nx and exists) or (xx and not exists):
+        return enc.bulk(old) if get else enc.null_bulk
+    if at_ms is not None:
+        ttl = (at_ms - time.time() * 1000) / 1000
+        if ttl <= 0:  # already in the past: Redis deletes the key
+            if exists or _get_bytes(db, key) is not None:
+                db.remove(key)
+            return enc.bulk(old) if get else OK
+    if keepttl:
+        try:
+            ttl = db.ttl(key)
+        except KeyNotFound:
+            ttl = None
+    db.set(key, value, ttl=ttl)
+    return enc.bulk(old) if get else OK
+
+
+@command("setnx", 3, write=True)
+def _setnx(state: ServerState, session: Session, argv: list[bytes]) -> bytes:
+    db = state.store
+    if _get_bytes(db, argv[1]) is not None:
+        return _ZERO
+    db.set(argv[1], argv[2])
+    return _ONE
+
+
+@command("getset", 3, write=True)
+def _getset(state: ServerState, session: Session, argv: list[bytes]) -> bytes:
+    old = _get_bytes(state.store, argv[1])
+    state.store.set(argv[1], argv[2])
+    return session.encoder.bulk(old)
+
+
+@command("getdel", 2, write=True)
+def _getdel(state: ServerState, session: Session, argv: list[bytes]) -> bytes:
+    return _do_getdel(state.store, session.encoder, argv)
+
+
+def _do_getdel(db: KvStore | _Transaction, enc: ReplyEncoder, argv: list[bytes]) -> bytes:
+    old = _get_bytes(db, argv[1])
+    if old is not None:
+        db.remove(argv[1])
+    return enc.bulk(old)
+
+
+@command("mget", -2)
+def _mget(state: ServerState, session: Session, argv: list[bytes]) -> bytes:
+    return session.encoder.bulk_array([_get_bytes(state.store, key) for key in argv[1:]])
+
+
+@command("mset", -3, write=True)
+def _mset(state: ServerState, session: Session, argv: list[bytes]) -> bytes:
+    if len(argv) % 2 == 0:
+        return b"-ERR wrong number of arguments for 'mset' command\r\n"
+    pairs = list(zip(argv[1::2], argv[2::2], strict=True))
+    state.store.update(pairs)
+    return OK
+
+
+@command("del", -2, write=True)
+def _del(state: ServerState, session: Session, argv: list[bytes]) -> bytes:
+    return _do_del(state.store, session.encoder, argv)
+
+
+COMMANDS[b"unlink"] = Command("unlink", -2, _del, write=True)
+
+
+def _do_del(db: KvStore | _Transaction, enc: ReplyEncoder, argv: list[bytes]) -> bytes:
+    keys = list(dict.fromkeys(argv[1:]))
+    present = [key for key in keys if db.get(key) is not None]
+    if len(present) == 1:
+        db.remove(present[0])
+    elif present:
+        batch = WriteBatch()
+        for key in present:
+            batch.remove(key)
+        db.write(batch)
+    return enc.integer(len(present))
+
+
+@command("exists", -2)
+def _exists(state: ServerState, session: Session, argv: list[bytes]) -> bytes:
+    return session.encoder.integer(sum(state.store.get(key) is not None for key in argv[1:]))
+
+
+@command("type", 2)
+def _type(state: ServerState, session: Session, argv: list[bytes]) -> bytes:
+    return b"+string\r\n" if state.store.get(argv[1]) is not None else b"+none\r\n"
+
+
+@command("strlen", 2)
+def _strlen(state: ServerState, session: Session, argv: list[bytes]) -> bytes:
+    value = _get_bytes(state.store, argv[1])
+    return session.encoder.integer(0 if value is None else len(value))
+
+
+@command("append", 3, write=True)
+def _append(state: ServerState, session: Session, argv: list[bytes]) -> bytes:
+    return _do_append(state.store, session.encoder, argv)
+
+
+def _do_append(db: KvStore | _Transaction, enc: ReplyEncoder, argv: list[bytes]) -> bytes:
+    key = argv[1]
+    old = _get_bytes(db, key)
+    try:
+        ttl = db.ttl(key) if old is not None else None
+    except KeyNotFound:
+        ttl = None
+    value = (old or b"") + argv[2]
+    db.set(key, value, ttl=ttl)
+    return enc.integer(len(value))
+
+
+def _incr_by(db: KvStore | _Transaction, enc: ReplyEncoder, key: bytes, delta: int) -> bytes:
+    old = _get_bytes(db, key)
+    current = 0 if old is None else _parse_int(old)
+    if current is None:
+        return _WRONG_INT
+    value = current + delta
+    if not _INT64_MIN <= value <= _INT64_MAX:
+        return b"-ERR increment or decrement would overflow\r\n"
+    try:
+        ttl = db.ttl(key) if old is not None else None
+    except KeyNotFound:
+        ttl = None
+    db.set(key, b"%d" % value, ttl=ttl)
+    return enc.integer(value)
+
+
+@command("incr", 2, write=True)
+def _incr(state: ServerState, session: Session, argv: list[bytes]) -> bytes:
+    return _incr_by(_db(session, state), session.encoder, argv[1], 1)
+
+
+@command("decr", 2, write=True)
+def _decr(state: ServerState, session: Session, argv: list[bytes]) -> bytes:
+    return _incr_by(_db(session, state), session.encoder, argv[1], -1)
+
+
+@command("incrby", 3, write=True)
+def _incrby(state: ServerState, session: Session, argv: list[bytes]) -> bytes:
+    delta = _parse_int(argv[2])
+    if delta is None:
+        return _WRONG_INT
+    return _incr_by(_db(session, state), session.encoder, argv[1], delta)
+
+
+@command("decrby", 3, write=True)
+def _decrby(state: ServerState, session: Session, argv: list[bytes]) -> bytes:
+    delta = _parse_int(argv[2])
+    if delta is None or delta == _INT64_MIN:
+        return _WRONG_INT
+    return _incr_by(_db(session, state), session.encoder, argv[1], -delta)
+
+
+# -- expiry ---------------------------------------------------------------------------------
+
+
+def _expire_generic(
+    db: KvStore | _Transaction, enc: ReplyEncoder, argv: list[bytes], unit_ms: int, absolute: bool
+) -> bytes:
+    number = _parse_int(argv[2])
+    if number is None:
+        return _WRONG_INT
+    flags = {a.lower() for a in argv[3:]}
+    for option in argv[3:]:
+        if option.lower() not in (b"nx", b"xx", b"gt", b"lt"):
+            return b"-ERR Unsupported option %b\r\n" % _printable(option)
+    if (b"nx" in flags and len(flags) > 1) or {b"gt", b"lt"} <= flags:
+        return b"-ERR NX and XX, GT or LT options at the same time are not compatible\r\n"
+    key = argv[1]
+    try:
+        current = db.ttl(key)
+    except KeyNotFound:
+        return _ZERO
+    target_ms = number * unit_ms
+    seconds = (target_ms - time.time() * 1000) / 1000 if absolute else target_ms / 1000
+    if (b"nx" in flags and current is not None) or (b"xx" in flags and current is None):
+        return _ZERO
+    if b"gt" in flags and (current is None or seconds <= current):
+        return _ZERO
+    if b"lt" in flags and current is not None and seconds >= current:
+        return _ZERO
+    if seconds <= 0:
+        db.remove(key)
+        return _ONE
+    return _ONE if db.expire(key, seconds) else _ZERO
+
+
+@command("expire", -3, write=True)
+def _expire(state: ServerState, session: Session, argv: list[bytes]) -> bytes:
+    return _expire_generic(_db(session, state), session.encoder, argv, 1000, False)
+
+
+@command("pexpire", -3, write=True)
+def _pexpire(state: ServerState, session: Session, argv: list[bytes]) -> bytes:
+    return _expire_generic(_db(session, state), session.encoder, argv, 1, False)
+
+
+@command("expireat", -3, write=True)
+def _expireat(state: ServerState, session: Session, argv: list[bytes]) -> bytes:
+    return _expire_generic(_db(session, state), session.encoder, argv, 1000, True)
+
+
+@command("pexpireat", -3, write=True)
+def _pexpireat(state: ServerState, session: Session, argv: list[bytes]) -> bytes:
+    return _expire_generic(_db(session, state), session.encoder, argv, 1, True)
+
+
+def _ttl_reply(db: KvStore | _Transaction, key: bytes, scale: int) -> int:
+    try:
+        remaining = db.ttl(key)
+    except KeyNotFound:
+        return -2
+    if remaining is None:
+        return -1
+    return int(remaining * scale + 0.5) if scale == 1 else int(remaining * scale)
+
+
+@command("ttl", 2)
+def _ttl(state: ServerState, session: Session, argv: list[bytes]) -> bytes:
+    return session.encoder.integer(_ttl_reply(state.store, argv[1], 1))
+
+
+@command("pttl", 2)
+def _pttl(state: ServerState, session: Session, argv: list[bytes]) -> bytes:
+    return session.encoder.integer(_ttl_reply(state.store, argv[1], 1000))
+
+
+@command("persist", 2, write=True)
+def _persist(state: ServerState, session: Session, argv: list[bytes]) -> bytes:
+    db = _db(session, state)
+    try:
+        current = db.ttl(argv[1])
+    except KeyNotFound:
+        return _ZERO
+    if current is None:
+        return _ZERO
+    return _ONE if db.expire(argv[1], None) else _ZERO
+
+
+# -- iteration ------------------------------------------------------------------------------
+
+
+def _glob(pattern: bytes) -> Callable[[bytes], bool]:
+    """Redis's glob (``*``, ``?``, ``[...]``, ``\\`` escapes) over bytes."""
+    if pattern == b"*":
+        return lambda key: True
+    text = pattern.decode("latin-1")
+    regex = re.compile(fnmatch.translate(text).encode("latin-1"), re.DOTALL)
+    return lambda key: regex.match(key) is not None
+
+
+def _key_hash(key: bytes) -> int:
+    return crc32c(key)
+
+
+@command("keys", 2)
+def _keys(state: ServerState, session: Session, argv: list[bytes]) -> bytes:
+    matcher = _glob(argv[1])
+    keys = [k if isinstance(k, bytes) else k.encode() for k in state.store.scan()]
+    return session.encoder.bulk_array([key for key in keys if matcher(key)])
+
+
+@command("scan", -2)
+def _scan(state: ServerState, session: Session, argv: list[bytes]) -> bytes:
+    """SCAN walks keys in order of a fixed hash; the cursor is the next hash to visit, so a
+    key present for the whole scan is returned exactly once, as Redis guarantees."""
+    cursor = _parse_int(argv[1])
+    if cursor is None or cursor < 0:
+        return b"-ERR invalid cursor\r\n"
+    matcher: Callable[[bytes], bool] = lambda key: True  # noqa: E731
+    count = 10
+    i = 2
+    while i < len(argv):
+        option = argv[i].lower()
+        if option == b"match" and i + 1 < len(argv):
+            matcher = _glob(argv[i + 1])
+        elif option == b"count" and i + 1 < len(argv):
+            parsed = _parse_int(argv[i + 1])
+            if parsed is None:
+                return _WRONG_INT
+            if parsed < 1:
+                return _SYNTAX
+            count = parsed
+        elif option == b"type" and i + 1 < len(argv):
+            if argv[i + 1].lower() != b"string":
+                matcher = lambda key: False  # noqa: E731
+        else:
+            return _SYNTAX
+        i += 2
+    hashed = sorted(
+        (h, key)
+        for key in (k if isinstance(k, bytes) else k.encode() for k in state.store.scan())
+        if (h := _key_hash(key)) >= cursor
+    )
+    batch: list[bytes] = []
+    next_cursor = 0
+    for position, (h, key) in enumerate(hashed):
+        if position >= count and h != hashed[position - 1][0]:
+            next_cursor = h  # never split keys of equal hash across two calls
+            break
+        if matcher(key):
+            batch.append(key)
+    enc = session.encoder
+    return enc.array([enc.bulk(b"%d" % next_cursor), enc.bulk_array(batch)])
+
+
+@command("flushdb", -1, write=True)
+def _flushdb(state: ServerState, session: Session, argv: list[bytes]) -> bytes:
+    if any(a.lower() not in (b"async", b"sync") for a in argv[1:]) or len(argv) > 2:
+        return _SYNTAX
+    _db(session, state).clear()
+    return OK
+
+
+COMMANDS[b"flushall"] = Command("flushall", -1, _flushdb, write=True)
+
+
+# -- transactions ---------------------------------------------------------------------------
+
+
+class _Transaction:
+    """The store as a MULTI block sees it: reads see the block's own writes, and every write
+    is collected into one batch that EXEC applies atomically."""
+
+    def __init__(self, store: KvStore) -> None:
+        self.store = store
+        self.queued: list[tuple[Command, list[bytes]]] = []
+        self.pending: dict[bytes, tuple[bytes, float | None] | None] = {}  # None: removed
+        self.cleared = False
+
+    def get(self, key: bytes) -> bytes | None:
+        if key in self.pending:
+            entry = self.pending[key]
+            return None if entry is None else entry[0]
+        return None if self.cleared else _get_bytes(self.store, key)
+
+    def ttl(self, key: bytes) -> float | None:
+        if key in self.pending:
+            entry = self.pending[key]
+            if entry is None:
+                raise KeyNotFound(key)
+            return entry[1]
+        if self.cleared:
+            raise KeyNotFound(key)
+        return self.store.ttl(key)
+
+    def set(self, key: bytes, value: bytes, ttl: float | None = None) -> None:
+        self.pending[key] = (value, ttl)
+
+    def remove(self, key: bytes) -> None:
+        if self.get(key) is None:
+            raise KeyNotFound(key)
+        self.pending[key] = None
+
+    def write(self, batch: WriteBatch) -> None:
+        for op, key, value, ttl, _ in batch.ops:
+            raw = key if isinstance(key, bytes) else key.encode()
+            if op == "set":
+                assert isinstance(value, bytes)
+                self.set(raw, value, ttl)
+            else:
+                self.pending[raw] = None
+
+    def update(self, pairs: list[tuple[bytes, bytes]]) -> None:
+        for key, value in pairs:
+            self.set(key, value)
+
+    def expire(self, key: bytes, ttl: float | None) -> bool:
+        value = self.get(key)
+        if value is None:
+            return False
+        self.pending[key] = (value, ttl)
+        return True
+
+    def clear(self) -> None:
+        self.pending.clear()
+        self.cleared = True
+
+    def commit(self) -> None:
+        batch = WriteBatch()
+        if self.cleared:
+            for key in self.store.scan():
+                raw = key if isinstance(key, bytes) else key.encode()
+                if raw not in self.pending:
+                    batch.remove(raw, missing_ok=True)
+        for key, entry in self.pending.items():
+            if entry is None:
+                batch.remove(key, missing_ok=True)
+            else:
+                batch.set(key, entry[0], ttl=entry[1])
+        if batch.ops:
+            self.store.write(batch)
+
+    def __iter__(self) -> Iterator[bytes]:  # pragma: no cover - not used by commands
+        raise NotImplementedError
+
+
+@command("multi", 1, queue=False)
+def _multi(state: ServerState, session: Session, argv: list[bytes]) -> bytes:
+    if session.transaction is not None:
+        return b"-ERR MULTI calls can not be nested\r\n"
+    session.transaction = _Transaction(state.store)
+    session.transaction_failed = False
+    return OK
+
+
+@command("discard", 1, queue=False)
+def _discard(state: ServerState, session: Session, argv: list[bytes]) -> bytes:
+    if session.transaction is None:
+        return b"-ERR DISCARD without MULTI\r\n"
+    session.transaction = None
+    return OK
+
+
+@command("exec", 1, queue=False)
+def _exec(state: ServerState, session: Session, argv: list[bytes]) -> bytes:
+    tx = session.transaction
+    if tx is None:
+        return b"-ERR EXEC without MULTI\r\n"
+    session.transaction = None
+    if session.transaction_failed:
+        return b"-EXECABORT Transaction discarded because of previous errors.\r\n"
+    # Run the queued commands against the overlay (so they see each other's writes), then
+    # write everything as one batch.
+    session.transaction = tx
+    try:
+        replies = [_run_in_transaction(state, session, cmd, argv) for cmd, argv in tx.queued]
+    finally:
+        session.transaction = None
+    tx.commit()
+    return session.encoder.array(replies)
+
+
+_TX_HANDLERS: dict[str, Callable[[KvStore | _Transaction, ReplyEncoder, list[bytes]], bytes]] = {
+    "set": _do_set,
+    "getdel": _do_getdel,
+    "del": _do_del,
+    "unlink": _do_del,
+    "append": _do_append,
+}
+
+
+def _run_in_transaction(
+    state: ServerState, session: Session, cmd: Command, argv: list[bytes]
+) -> bytes:
+    tx = session.transaction
+    assert tx is not None
+    enc = session.encoder
+    name = cmd.name
+    if name in _TX_HANDLERS:
+        return _TX_HANDLERS[name](tx, enc, argv)
+    if name == "get":
+        return enc.bulk(tx.get(argv[1]))
+    if name == "mget":
+        return enc.bulk_array([tx.get(key) for key in argv[1:]])
+    if name == "mset":
+        if len(argv) % 2 == 0:
+            return b"-ERR wrong number of arguments for 'mset' command\r\n"
+        tx.update(list(zip(argv[1::2], argv[2::2], strict=True)))
+        return OK
+    if name == "exists":
+        return enc.integer(sum(tx.get(key) is not None for key in argv[1:]))
+    if name in ("ttl", "pttl"):
+        return enc.integer(_ttl_reply(tx, argv[1], 1 if name == "ttl" else 1000))
+    if name == "strlen":
+        value = tx.get(argv[1])
+        return enc.integer(0 if value is None else len(value))
+    if name == "type":
+        return b"+string\r\n" if tx.get(argv[1]) is not None else b"+none\r\n"
+    if name == "setnx":
+        if tx.get(argv[1]) is not None:
+            return _ZERO
+        tx.set(argv[1], argv[2])
+        return _ONE
+    if name == "getset":
+        old = tx.get(argv[1])
+        tx.set(argv[1], argv[2])
+        return enc.bulk(old)
+    if cmd.write and name not in _TX_SAFE_WRITES:
+        return b"-ERR %b is not supported inside MULTI\r\n" % name.upper().encode()
+    # Commands that read through _db() (incr, expire, flushdb, ...) or touch no keys.
+    return cmd.handler(state, session, argv)
+
+
+_TX_SAFE_WRITES: Final = {
+    "incr", "decr", "incrby", "decrby", "expire", "pexpire", "expireat", "pexpireat",
+    "persist", "flushdb", "flushall",
+}  # fmt: skip
+
+
+__all__ = ["COMMANDS", "ServerState", "Session", "Shutdown", "execute"]
