@@ -91,6 +91,7 @@ class Rec:
     flags: int
     key_len: int
     value_len: int
+    key: bytes  # empty for a batch
 
     @property
     def end(self) -> int:
@@ -115,10 +116,18 @@ def parse_records(data: bytes) -> list[Rec]:
             break
         flags, key_len, value_len, _ = RECORD_HEAD.unpack(head)
         size = FRAMING + value_len if flags & BATCH_FLAG else FRAMING + key_len + value_len
-        out.append(Rec(offset, size, flags, key_len, value_len))
+        key = b"" if flags & BATCH_FLAG else data[offset + 17 : offset + 17 + key_len]
+        out.append(Rec(offset, size, flags, key_len, value_len, key))
         offset += size
     assert offset <= len(data)
     return out
+
+
+def find_record(path: str, key: bytes) -> Rec:
+    """The last top-level record of ``key`` in the data file at ``path``."""
+    found = [r for r in parse_records(read(path)) if r.key == key]
+    assert found, f"no record of {key!r} in {path}"
+    return found[-1]
 
 
 def read(path: str) -> bytes:

@@ -50,7 +50,7 @@ from kvs.errors import (
 )
 from kvs.log import compaction, filenames, hintfile, record
 from kvs.log.durability import Durability
-from kvs.log.fs import AppendFile, FileSystem, LockHandle, OsFileSystem, ReadBuffer
+from kvs.log.fs import AppendFile, FileSystem, LockHandle, OsFileSystem, ReadBuffer, ReadFile
 from kvs.log.recovery import FileState, location_size, location_sizes, now_ms, recover
 from kvs.store import Key, KvStore, SyncPolicy, Value, WriteBatch, to_bytes
 
@@ -558,7 +558,7 @@ class LogStore(KvStore):
             offset = self._off
             if offset + size > self._limit:
                 offset = self._make_room(size)
-            self._buffer[offset : offset + size] = container
+            self._copy_batch(offset, container)
             self._off = offset + size
             self._total += size
             base = self._base
@@ -582,6 +582,13 @@ class LogStore(KvStore):
             position = self._pos_base + self._off
         if self._sync_always:
             self._durability.wait(position)
+
+    def _copy_batch(self, offset: int, container: bytes) -> None:
+        """Copy a batch record in: the header first, on its own, so that a crash in the middle
+        leaves either no valid header or a valid one that says how far the torn batch
+        reaches (see kvs.log.record). Requires ``_lock``."""
+        self._buffer[offset : offset + _HEAD] = container[:_HEAD]
+        self._buffer[offset + _HEAD : offset + len(container)] = container[_HEAD:]
 
     def _check_limits(self, raw_key: bytes, raw_value: bytes) -> None:
         if len(raw_key) > self._max_key:
@@ -666,7 +673,7 @@ class LogStore(KvStore):
             offset = self._off
             if offset + size > self._limit:
                 offset = self._make_room(size)
-            self._buffer[offset : offset + size] = container
+            self._copy_batch(offset, container)
             self._off = offset + size
             self._total += size
             inner = offset + _HEAD
@@ -873,19 +880,27 @@ class LogStore(KvStore):
                 if (location >> 64) in self._sealed
             ]
             views = dict(self._views)
-        output_ids = iter(range(first_output, first_output + reserve))
+        output_range = range(first_output, first_output + reserve)
+        readers: dict[int, ReadFile] = {}
         try:
             result = compaction.merge(
-                fs, self.path, snapshot, views, output_ids, self._max_file_size, now_ms()
+                fs, self.path, snapshot, views, iter(output_range), self._max_file_size, now_ms()
             )
-        except StopIteration:
-            raise KvsError("compaction needed more output files than it reserved") from None
-        except OSError as error:
-            if isinstance(error, KvsError):
-                raise
-            raise StorageError(getattr(error, "filename", None) or self.path, error) from None
-
-        readers = {out.file_id: fs.open_read(out.path) for out in result.outputs}
+            for out in result.outputs:
+                readers[out.file_id] = fs.open_read(out.path)
+        except BaseException as error:
+            for reader in readers.values():
+                reader.close()
+            # Outputs renamed before the failure are on disk and will be read at the next
+            # open; they must be tracked (and compacted away later) like any sealed file, or a
+            # later compaction could drop a tombstone that hides their old values.
+            self._adopt_leftover_outputs(output_range)
+            if isinstance(error, StopIteration):
+                raise KvsError("compaction needed more output files than it reserved") from None
+            if isinstance(error, OSError) and not isinstance(error, KvsError):
+                path = getattr(error, "filename", None) or self.path
+                raise StorageError(path, error) from None
+            raise
         with self._lock:
             for out in result.outputs:
                 state = FileState(out.file_id, out.nonce, out.path, out.end, out.end)
@@ -916,11 +931,37 @@ class LogStore(KvStore):
                         self._total += kept.end - record.FILE_HEADER_SIZE
                 raise StorageError(state.path, error) from None
             if state.reader is not None:
-                state.reader.close()
+                with contextlib.suppress(OSError, BufferError):
+                    state.reader.close()  # the file is gone either way
             # A hint left behind (this failing) is removed as an orphan at the next open.
             with contextlib.suppress(OSError):
                 fs.remove(filenames.hint_file(self.path, state.file_id))
         fs.fsync_dir(self.path)
+
+    def _adopt_leftover_outputs(self, output_range: range) -> None:
+        """Track the outputs a failed compaction left under their final names. If that fails
+        too, the store turns read-only: only a reopen can be sure to see every file."""
+        try:
+            present = {
+                parsed[1]
+                for parsed in map(filenames.parse, self._fs.listdir(self.path))
+                if parsed is not None and parsed[0] is filenames.FileKind.DATA
+            }
+            for file_id in sorted(present.intersection(output_range)):
+                path = filenames.data_file(self.path, file_id)
+                reader = self._fs.open_read(path)
+                header = record.decode_file_header(reader.buffer[: record.FILE_HEADER_SIZE])
+                if isinstance(header, str):
+                    reader.close()
+                    raise KvsError(f"{path}: {header}")
+                state = FileState(file_id, header.nonce, path, reader.size, 0, reader)
+                with self._lock:
+                    self._sealed[file_id] = state
+                    self._views[file_id] = reader.buffer
+                    self._total += reader.size - record.FILE_HEADER_SIZE
+        except (OSError, KvsError) as error:
+            log.error("after a failed compaction of %s: %s", self.path, error)
+            self._failure = f"a failed compaction left files it could not track ({error})"
 
     def _swap_locations(self, result: compaction.MergeResult) -> None:
         """Point index entries at the copies, unless a newer write moved them meanwhile."""
@@ -977,7 +1018,10 @@ class LogStore(KvStore):
                 if sealed.reader is not None:
                     sealed.reader.close()
             self._disown(f"store {self.path} is closed")
-            self._lock_handle.close()
+            try:
+                self._lock_handle.close()
+            except OSError as error:
+                errors.append(error)
             _open_stores.discard(self)
         if errors:
             raise StorageError(self._active.path, errors[0]) from errors[0]  # type: ignore[arg-type]

@@ -30,11 +30,15 @@ passed ``str``; ``get`` and iteration hand back ``str``), ``BATCH`` (see below).
 are corruption. ``expires_ms`` is a Unix time in milliseconds, 0 for no expiry.
 
 A batch is one record whose ``value`` is the batch's records (each complete with its own CRC)
-and whose ``key_len`` is how many there are. Its own CRC covers its 17-byte header followed by
-the 4-byte CRC fields of its members, in order (each member's CRC already covers that member's
-bytes; checksumming the member CRCs rather than all the bytes again keeps bulk writes cheap).
-A batch counts only if its header, every member and its CRC are valid, so after a crash it is
-either all there or treated as torn: never half applied.
+and whose ``key_len`` is how many there are. Its ``expires_ms`` field instead holds a CRC-32C
+of its first 9 bytes (flags, count, length), so the header can be trusted on its own: after a
+crash in the middle of a batch, recovery knows exactly how far the torn batch reaches. The
+batch's own (trailing) CRC covers its 17-byte header followed by the 4-byte CRC fields of its
+members, in order (each member's CRC already covers that member's bytes; checksumming the
+member CRCs rather than all the bytes again keeps bulk writes cheap). A batch counts only if
+its header, every member and its CRC are valid, so after a crash it is either all there or
+treated as torn: never half applied. The engine copies the header into the file before the
+rest (two copies), so a torn batch always has either no valid header or a valid one.
 
 Lengths are checked against the bytes that are really left in the file before anything is
 read, and against ``MAX_KEY_LEN`` / ``MAX_RECORD_LEN``, so a damaged length cannot make a
@@ -144,8 +148,27 @@ def encode_batch_parts(records: list[bytes], crcs: list[bytes], bodies: list[byt
         inner = b"".join(chain.from_iterable(zip(bodies, crcs, strict=True)))
     else:
         inner = b"".join(records)
-    head = RECORD_HEADER.pack(BATCH, len(crcs), len(inner), 0)
+    head = batch_header(len(crcs), len(inner))
     return head + inner + CRC.pack(checksum(b"".join(crcs), checksum(head)))
+
+
+_BATCH_HEAD_START: Final = struct.Struct("<BII")
+
+
+def batch_header(count: int, span: int) -> bytes:
+    """A batch's 17-byte header; the ``expires_ms`` field holds the CRC of the other fields."""
+    start = _BATCH_HEAD_START.pack(BATCH, count, span)
+    return start + struct.pack("<Q", checksum(start))
+
+
+def batch_header_span(head: bytes) -> int | None:
+    """The ``value_len`` of a valid batch header, else None."""
+    if len(head) != RECORD_HEADER_SIZE or head[0] != BATCH:
+        return None
+    if struct.unpack_from("<Q", head, 9)[0] != checksum(head[:9]):
+        return None
+    span: int = struct.unpack_from("<I", head, 5)[0]
+    return span
 
 
 @dataclass(frozen=True, slots=True)
@@ -189,6 +212,8 @@ def check_record(buffer: ReadBuffer, offset: int, end: int) -> tuple[int, int, i
     if size > MAX_RECORD_LEN or offset + size > end:
         raise BadRecord(offset, f"record length {size} runs past the end of the file")
     if flags & BATCH:
+        if batch_header_span(head) is None:
+            raise BadRecord(offset, "batch header checksum mismatch")
         _check_batch(buffer, offset, key_len, value_len, head)
     elif checksum(buffer[offset : offset + size]) != CRC_RESIDUE:
         raise BadRecord(offset, "record checksum mismatch")
@@ -245,23 +270,15 @@ def iter_records(buffer: ReadBuffer, start: int, end: int) -> Iterator[Entry]:
 def valid_record_after_damage(buffer: ReadBuffer, bad_offset: int, end: int) -> int | None:
     """The first valid record after the bad record at ``bad_offset``, if any.
 
-    A batch torn by a crash holds complete, valid members up to the point where the write
-    stopped; they belong to the torn batch and are not evidence of records after it. So when
-    the bad record has a batch header, its chain of valid members is stepped over first.
+    A batch torn by a crash may hold complete, valid members anywhere in its extent (a large
+    copy need not run front to back); they belong to the torn batch and are not evidence of
+    records after it. Its header was written first and checks on its own, so when it is
+    valid the whole extent it claims is stepped over.
     """
     start = bad_offset + 1
-    head = buffer[bad_offset : bad_offset + RECORD_HEADER_SIZE]
-    if len(head) == RECORD_HEADER_SIZE and head[0] == BATCH:
-        member = bad_offset + RECORD_HEADER_SIZE
-        while True:
-            try:
-                f, klen, vlen, _ = check_record(buffer, member, end)
-            except BadRecord:
-                break
-            if f & BATCH:
-                break
-            member += FRAMING + klen + vlen
-        start = max(start, member)
+    span = batch_header_span(buffer[bad_offset : bad_offset + RECORD_HEADER_SIZE])
+    if span is not None:
+        start = max(start, bad_offset + FRAMING + span)
     return find_valid_record(buffer, start, end)
 
 

@@ -1,0 +1,130 @@
+"""The ``kvs-client`` command: one operation on a running ``kvs-server`` per run.
+
+    kvs-client set KEY VALUE [--addr IP:PORT]   store VALUE under KEY; prints nothing
+    kvs-client get KEY [--addr IP:PORT]         prints the value, or "Key not found" (exit 0)
+    kvs-client rm KEY [--addr IP:PORT]          prints nothing; "Key not found" on stderr and
+                                                exit 1 if absent
+    kvs-client -V | --version
+
+``--addr`` (default ``127.0.0.1:4000``; ``[::1]:4000`` for IPv6) and ``--password`` go before
+or after the subcommand. The password may come from the ``KVS_PASSWORD`` environment variable
+instead, which keeps it out of the process list. A key or value starting with ``-`` goes after
+``--``: ``kvs-client get -- -key``. Keys and values are sent as the bytes the shell passed.
+
+Every error is one line on stderr and a non-zero exit status: see the ``EXIT_*`` constants.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+from collections.abc import Sequence
+
+from kvs import __version__
+from kvs.client import ConnectionFailed, InvalidAddress, KvsClient, ServerError, parse_addr
+from kvs.errors import KeyNotFound, KvsError
+
+#: Exit status by outcome.
+EXIT_OK = 0
+EXIT_NOT_FOUND = 1  # rm of an absent key
+EXIT_USAGE = 2  # bad arguments, including an --addr that does not parse
+EXIT_UNAVAILABLE = 3  # no connection to the server, or it broke / timed out
+EXIT_SERVER_ERROR = 4  # the server answered with an error (e.g. a wrong or missing password)
+
+DEFAULT_ADDR = "127.0.0.1:4000"
+
+
+class _Parser(argparse.ArgumentParser):
+    def error(self, message: str) -> None:  # type: ignore[override]
+        self.print_usage(sys.stderr)
+        self.exit(EXIT_USAGE, f"{self.prog}: error: {message}\n")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    # Options in a parent shared by the main parser and every subcommand, so they are taken
+    # on either side of it; SUPPRESS so that one given before is not reset by the default of
+    # the subcommand's copy (defaults are applied in main).
+    common = _Parser(add_help=False)
+    common.add_argument(
+        "--addr",
+        default=argparse.SUPPRESS,
+        metavar="IP:PORT",
+        help=f"server address (default: {DEFAULT_ADDR}; IPv6 as [::1]:4000)",
+    )
+    common.add_argument(
+        "--password",
+        default=argparse.SUPPRESS,
+        metavar="PASSWORD",
+        help="AUTH with this password first (default: $KVS_PASSWORD)",
+    )
+    parser = _Parser(
+        prog="kvs-client",
+        description="Talk to a kvs-server. One operation per run.",
+        parents=[common],
+    )
+    parser.add_argument("-V", "--version", action="version", version=f"kvs-client {__version__}")
+    commands = parser.add_subparsers(dest="command", metavar="COMMAND", parser_class=_Parser)
+    commands.required = True
+    set_cmd = commands.add_parser("set", help="store VALUE under KEY", parents=[common])
+    set_cmd.add_argument("key", metavar="KEY")
+    set_cmd.add_argument("value", metavar="VALUE")
+    get_cmd = commands.add_parser("get", help="print the value of KEY", parents=[common])
+    get_cmd.add_argument("key", metavar="KEY")
+    rm_cmd = commands.add_parser("rm", help="remove KEY", parents=[common])
+    rm_cmd.add_argument("key", metavar="KEY")
+    return parser
+
+
+def _fail(message: str, status: int) -> int:
+    print(f"kvs-client: {message}", file=sys.stderr)
+    return status
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    addr: str = getattr(args, "addr", DEFAULT_ADDR)
+    password: str | None = getattr(args, "password", None) or os.environ.get("KVS_PASSWORD")
+    try:
+        # Checked before any connection is tried: a typo is reported as a typo.
+        host, port = parse_addr(addr)
+    except InvalidAddress as error:
+        return _fail(str(error), EXIT_USAGE)
+    # Arguments as the shell passed them: fsencode undoes Python's decoding of argv, so
+    # bytes that are not valid UTF-8 arrive at the server unchanged.
+    key = os.fsencode(args.key)
+    try:
+        with KvsClient(host, port, password=password or None) as client:
+            if args.command == "set":
+                client.set(key, os.fsencode(args.value))
+            elif args.command == "get":
+                value = client.get(key)
+                if value is None:
+                    print("Key not found")
+                else:
+                    sys.stdout.flush()
+                    sys.stdout.buffer.write(value + b"\n")
+                    sys.stdout.buffer.flush()
+            elif args.command == "rm":
+                try:
+                    client.remove(key)
+                except KeyNotFound:
+                    print("Key not found", file=sys.stderr)
+                    return EXIT_NOT_FOUND
+    except ConnectionFailed as error:
+        return _fail(str(error), EXIT_UNAVAILABLE)
+    except ServerError as error:
+        return _fail(f"server error: {error}", EXIT_SERVER_ERROR)
+    except KvsError as error:
+        return _fail(str(error), EXIT_SERVER_ERROR)
+    except BrokenPipeError:
+        # stdout closed early (| head): nothing left to say; keep Python from complaining.
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        return EXIT_OK
+    except KeyboardInterrupt:
+        return _fail("interrupted", 130)
+    return EXIT_OK
+
+
+if __name__ == "__main__":  # pragma: no cover
+    sys.exit(main())

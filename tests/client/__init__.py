@@ -1,0 +1,1 @@
+"""Tests of kvs.client (the Python client and its reply parser) and the kvs-client command."""
