@@ -22,6 +22,7 @@ import sys
 from collections.abc import Sequence
 
 from kvs import __version__
+from kvs.cli._args import UsageParser, add_set_get_rm
 from kvs.client import ConnectionFailed, InvalidAddress, KvsClient, ServerError, parse_addr
 from kvs.errors import KeyNotFound, KvsError
 
@@ -35,17 +36,11 @@ EXIT_SERVER_ERROR = 4  # the server answered with an error (e.g. a wrong or miss
 DEFAULT_ADDR = "127.0.0.1:4000"
 
 
-class _Parser(argparse.ArgumentParser):
-    def error(self, message: str) -> None:  # type: ignore[override]
-        self.print_usage(sys.stderr)
-        self.exit(EXIT_USAGE, f"{self.prog}: error: {message}\n")
-
-
 def build_parser() -> argparse.ArgumentParser:
     # Options in a parent shared by the main parser and every subcommand, so they are taken
     # on either side of it; SUPPRESS so that one given before is not reset by the default of
     # the subcommand's copy (defaults are applied in main).
-    common = _Parser(add_help=False)
+    common = UsageParser(add_help=False)
     common.add_argument(
         "--addr",
         default=argparse.SUPPRESS,
@@ -58,21 +53,15 @@ def build_parser() -> argparse.ArgumentParser:
         metavar="PASSWORD",
         help="AUTH with this password first (default: $KVS_PASSWORD)",
     )
-    parser = _Parser(
+    parser = UsageParser(
         prog="kvs-client",
         description="Talk to a kvs-server. One operation per run.",
         parents=[common],
     )
     parser.add_argument("-V", "--version", action="version", version=f"kvs-client {__version__}")
-    commands = parser.add_subparsers(dest="command", metavar="COMMAND", parser_class=_Parser)
+    commands = parser.add_subparsers(dest="command", metavar="COMMAND", parser_class=UsageParser)
     commands.required = True
-    set_cmd = commands.add_parser("set", help="store VALUE under KEY", parents=[common])
-    set_cmd.add_argument("key", metavar="KEY")
-    set_cmd.add_argument("value", metavar="VALUE")
-    get_cmd = commands.add_parser("get", help="print the value of KEY", parents=[common])
-    get_cmd.add_argument("key", metavar="KEY")
-    rm_cmd = commands.add_parser("rm", help="remove KEY", parents=[common])
-    rm_cmd.add_argument("key", metavar="KEY")
+    add_set_get_rm(commands, common)
     return parser
 
 

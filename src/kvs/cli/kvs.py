@@ -20,6 +20,7 @@ import sys
 from collections.abc import Sequence
 
 from kvs import __version__
+from kvs.cli._args import UsageParser, add_set_get_rm
 from kvs.errors import (
     CorruptionError,
     KeyNotFound,
@@ -37,35 +38,23 @@ EXIT_CORRUPT = 4
 EXIT_ERROR = 5  # any other failure: I/O, permissions, a read-only store
 
 
-class _Parser(argparse.ArgumentParser):
-    def error(self, message: str) -> None:  # type: ignore[override]
-        self.print_usage(sys.stderr)
-        self.exit(EXIT_USAGE, f"{self.prog}: error: {message}\n")
-
-
 def build_parser() -> argparse.ArgumentParser:
-    common = _Parser(add_help=False)
+    common = UsageParser(add_help=False)
     common.add_argument(
         "--dir",
         default=argparse.SUPPRESS,
         metavar="PATH",
         help="store directory (default: $KVS_DIR, else the current directory)",
     )
-    parser = _Parser(
+    parser = UsageParser(
         prog="kvs",
         description="A persistent key-value store. One operation per run.",
         parents=[common],
     )
     parser.add_argument("-V", "--version", action="version", version=f"kvs {__version__}")
-    commands = parser.add_subparsers(dest="command", metavar="COMMAND", parser_class=_Parser)
+    commands = parser.add_subparsers(dest="command", metavar="COMMAND", parser_class=UsageParser)
     commands.required = True
-    set_cmd = commands.add_parser("set", help="store VALUE under KEY", parents=[common])
-    set_cmd.add_argument("key", metavar="KEY")
-    set_cmd.add_argument("value", metavar="VALUE")
-    get_cmd = commands.add_parser("get", help="print the value of KEY", parents=[common])
-    get_cmd.add_argument("key", metavar="KEY")
-    rm_cmd = commands.add_parser("rm", help="remove KEY", parents=[common])
-    rm_cmd.add_argument("key", metavar="KEY")
+    add_set_get_rm(commands, common)
     commands.add_parser("compact", help="reclaim space now", parents=[common])
     check_cmd = commands.add_parser(
         "check", help="verify every record; change nothing unless --fix", parents=[common]

@@ -21,6 +21,7 @@ import sys
 from collections.abc import Sequence
 
 from kvs import __version__
+from kvs.cli._args import UsageParser
 from kvs.errors import KvsError, StoreLockedError
 from kvs.log import filenames
 from kvs.server.app import KvsServer, Limits, is_loopback, new_event_loop, run
@@ -28,12 +29,6 @@ from kvs.store import KvStore
 
 ENGINES = ("kvs",)
 log = logging.getLogger("kvs.server")
-
-
-class _Parser(argparse.ArgumentParser):
-    def error(self, message: str) -> None:  # type: ignore[override]
-        self.print_usage(sys.stderr)
-        self.exit(2, f"{self.prog}: error: {message}\n")
 
 
 def parse_addr(text: str) -> tuple[str, int]:
@@ -54,7 +49,9 @@ def parse_addr(text: str) -> tuple[str, int]:
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = _Parser(prog="kvs-server", description="Serve a kvs store over the Redis protocol.")
+    parser = UsageParser(
+        prog="kvs-server", description="Serve a kvs store over the Redis protocol."
+    )
     parser.add_argument("-V", "--version", action="version", version=f"kvs-server {__version__}")
     parser.add_argument("--addr", type=parse_addr, default=("127.0.0.1", 4000), metavar="IP:PORT")
     parser.add_argument("--engine", choices=ENGINES, default=None, help="storage engine")

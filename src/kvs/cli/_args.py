@@ -1,0 +1,28 @@
+"""What the kvs commands share in parsing their arguments."""
+
+from __future__ import annotations
+
+import argparse
+import sys
+
+EXIT_USAGE = 2
+
+
+class UsageParser(argparse.ArgumentParser):
+    """An ``ArgumentParser`` whose errors are usage on stderr and exit status 2."""
+
+    def error(self, message: str) -> None:  # type: ignore[override]
+        self.print_usage(sys.stderr)
+        self.exit(EXIT_USAGE, f"{self.prog}: error: {message}\n")
+
+
+def add_set_get_rm(commands: argparse._SubParsersAction[UsageParser], common: UsageParser) -> None:
+    """The ``set KEY VALUE``, ``get KEY`` and ``rm KEY`` subcommands, taking ``common``'s
+    options on either side of the subcommand."""
+    set_cmd = commands.add_parser("set", help="store VALUE under KEY", parents=[common])
+    set_cmd.add_argument("key", metavar="KEY")
+    set_cmd.add_argument("value", metavar="VALUE")
+    get_cmd = commands.add_parser("get", help="print the value of KEY", parents=[common])
+    get_cmd.add_argument("key", metavar="KEY")
+    rm_cmd = commands.add_parser("rm", help="remove KEY", parents=[common])
+    rm_cmd.add_argument("key", metavar="KEY")
