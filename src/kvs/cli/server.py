@@ -91,7 +91,11 @@ def _claim_engine(directory: str, requested: str | None) -> str:
     except FileNotFoundError:
         recorded = None
     if recorded is not None and recorded not in ENGINES:
-        log.warning("%s names an unknown engine %r", marker, recorded)
+        # Data of an engine this build does not have: never open it with another one.
+        raise KvsError(
+            f"{directory} holds data of the {recorded!r} engine (recorded in {marker}), which "
+            f"this kvs-server does not have (engines: {', '.join(ENGINES)})"
+        )
     engine = requested or recorded or "kvs"
     if recorded is not None and recorded != engine:
         raise KvsError(

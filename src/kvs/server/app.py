@@ -27,7 +27,7 @@ import signal
 import socket
 from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, cast
 
 from kvs.protocol.resp import ProtocolError, RespParser
 from kvs.server.commands import COMMANDS, ServerState, Session, Shutdown, execute
@@ -36,6 +36,12 @@ from kvs.store import KvStore
 log = logging.getLogger("kvs.server")
 
 _MAX_CLIENTS_REPLY = b"-ERR max number of clients reached\r\n"
+# Replies of one read are handed to the transport in pieces of about this size; when the
+# transport then says the client is not reading (pause_writing), the rest of the commands
+# already read wait in the parser instead of being answered into memory all at once.
+_REPLY_CHUNK = 64 * 1024
+# How long shutdown waits for the replies owed to clients to drain before dropping them.
+_SHUTDOWN_GRACE = 2.0
 
 
 @dataclass
@@ -65,12 +71,14 @@ class _Connection(asyncio.Protocol):
         self.session: Session | None = None
         self.parser: RespParser | None = None
         self.handshake: asyncio.TimerHandle | None = None
-        self.paused = False
+        self.paused = False  # the client is not reading its replies (pause_writing)
+        self.backlog = False  # commands read but not run yet (reading is paused meanwhile)
 
     # asyncio callbacks --------------------------------------------------------------------
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
-        assert isinstance(transport, asyncio.Transport)
+        # uvloop's TCPTransport is not an asyncio.Transport subclass, but behaves as one.
+        transport = cast(asyncio.Transport, transport)
         self.transport = transport
         server = self.server
         state = server.state
@@ -118,19 +126,50 @@ class _Connection(asyncio.Protocol):
     def resume_writing(self) -> None:
         assert self.transport is not None
         self.paused = False
-        if not self.transport.is_closing():
+        if self.transport.is_closing():
+            return
+        if self.backlog:
+            self._process()
+        else:
             self.transport.resume_reading()
 
     def data_received(self, data: bytes) -> None:
-        parser, session, transport = self.parser, self.session, self.transport
-        if parser is None or session is None or transport is None:
+        parser, session = self.parser, self.session
+        if parser is None or session is None:
             return
-        server = self.server
-        replies: list[bytes] = []
-        wrote = False
         try:
             parser.feed(data)
+        except ProtocolError as error:
+            session.closing = True
+            self._send(error.reply, False)
+            return
+        if not self.backlog:
+            self._process()
+
+    def _process(self) -> None:
+        """Run the complete commands the parser holds and send their replies. Stops early,
+        leaving the rest in the parser, when the client does not read what it is sent."""
+        parser, session, transport = self.parser, self.session, self.transport
+        if parser is None or session is None or transport is None or transport.is_closing():
+            return
+        if self.paused:
+            return  # resume_writing() calls again
+        server = self.server
+        replies: list[bytes] = []
+        size = 0
+        wrote = False
+        try:
             while True:
+                if size >= _REPLY_CHUNK:
+                    # Send this piece, then go on in a later loop turn: after the group
+                    # commit's fsync if it was held, and only once the client reads, if the
+                    # transport paused us (pause_writing).
+                    self._send(b"".join(replies), wrote)
+                    self.backlog = True
+                    transport.pause_reading()
+                    if not self.paused:
+                        asyncio.get_running_loop().call_soon(self._process)
+                    return
                 argv = parser.next_command()
                 if argv is None:
                     break
@@ -138,8 +177,11 @@ class _Connection(asyncio.Protocol):
                     self.handshake.cancel()
                     self.handshake = None
                 cmd = COMMANDS.get(argv[0].lower())
-                wrote = wrote or (cmd is not None and cmd.write)
-                replies.append(execute(server.state, session, argv))
+                # EXEC writes its queued commands: its reply waits for the fsync too.
+                wrote = wrote or (cmd is not None and (cmd.write or cmd.name == "exec"))
+                reply = execute(server.state, session, argv)
+                replies.append(reply)
+                size += len(reply)
                 if parser.unauthenticated and session.authenticated:
                     parser.set_unauthenticated(False)
                 if session.closing:
@@ -156,6 +198,10 @@ class _Connection(asyncio.Protocol):
             replies.append(b"-ERR internal error (see the server log)\r\n")
             session.closing = True
         self._send(b"".join(replies), wrote)
+        if self.backlog:
+            self.backlog = False
+            if not self.paused and not transport.is_closing():
+                transport.resume_reading()
 
     # helpers --------------------------------------------------------------------------------
 
@@ -273,6 +319,14 @@ class KvsServer:
         for connection in list(self.connections):
             if connection.transport is not None:
                 connection.transport.close()
+        # close() sends what is owed first; a client that does not read would keep its
+        # connection (and, on Python >= 3.12, wait_closed()) open forever: drop it after a grace.
+        deadline = asyncio.get_running_loop().time() + _SHUTDOWN_GRACE
+        while self.connections and asyncio.get_running_loop().time() < deadline:
+            await asyncio.sleep(0.01)
+        for connection in list(self.connections):
+            if connection.transport is not None:
+                connection.transport.abort()
         if self._server is not None:
             await self._server.wait_closed()
         self.state.store.close()

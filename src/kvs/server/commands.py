@@ -11,7 +11,6 @@ redis-cli prints what Redis users expect.
 
 from __future__ import annotations
 
-import fnmatch
 import hmac
 import os
 import re
@@ -154,9 +153,13 @@ def _one_line(text: str) -> bytes:
     return text.replace("\r", " ").replace("\n", " ").encode()
 
 
+_INTEGER: Final = re.compile(rb"-?[1-9][0-9]*|0")
+
+
 def _parse_int(data: bytes) -> int | None:
-    """A Redis integer argument: decimal, optional '-', no spaces, within int64."""
-    if not data or len(data) > 20 or not re.fullmatch(rb"-?[0-9]+", data):
+    """A Redis integer argument as string2ll reads it: decimal, optional '-', no spaces, no
+    leading zeros (so not "01" nor "-0"), within int64."""
+    if not data or len(data) > 20 or not _INTEGER.fullmatch(data):
         return None
     value = int(data)
     return value if _INT64_MIN <= value <= _INT64_MAX else None
@@ -195,7 +198,8 @@ def _select(state: ServerState, session: Session, argv: list[bytes]) -> bytes:
 
 def _check_password(state: ServerState, user: bytes, password: bytes) -> bool:
     if state.password is None:
-        return False
+        # No password set: the default user takes any password, as in Redis ("nopass").
+        return hmac.compare_digest(user, b"default")
     # Both comparisons always run, in constant time: no timing hint about which one failed.
     user_ok = hmac.compare_digest(user, b"default")
     password_ok = hmac.compare_digest(password, state.password)
@@ -206,7 +210,7 @@ def _check_password(state: ServerState, user: bytes, password: bytes) -> bool:
 def _auth(state: ServerState, session: Session, argv: list[bytes]) -> bytes:
     if len(argv) > 3:
         return _SYNTAX
-    if state.password is None:
+    if state.password is None and len(argv) == 2:
         return (
             b"-ERR AUTH <password> called without any password configured for the default "
             b"user. Are you sure your configuration is correct?\r\n"
@@ -331,6 +335,10 @@ def _command(state: ServerState, session: Session, argv: list[bytes]) -> bytes:
                         enc.integer(first_key),
                         enc.integer(-1 if first_key and cmd.name in _MULTI_KEY else first_key),
                         enc.integer(1 if first_key else 0),
+                        enc.set([]),  # ACL categories
+                        enc.array([]),  # tips
+                        enc.array([]),  # key specifications
+                        enc.array([]),  # subcommands
                     ]
                 )
             )
@@ -473,7 +481,7 @@ def _do_set(db: KvStore | _Transaction, enc: ReplyEncoder, argv: list[bytes]) ->
             number = _parse_int(argv[i + 1])
             if number is None:
                 return _WRONG_INT
-            if number <= 0:
+            if number <= 0 or _expire_overflows(number, option in (b"ex", b"exat"), option):
                 return b"-ERR invalid expire time in 'set' command\r\n"
             if option == b"ex":
                 ttl = float(number)
@@ -648,12 +656,25 @@ def _incrby(state: ServerState, session: Session, argv: list[bytes]) -> bytes:
 @command("decrby", 3, write=True)
 def _decrby(state: ServerState, session: Session, argv: list[bytes]) -> bytes:
     delta = _parse_int(argv[2])
-    if delta is None or delta == _INT64_MIN:
+    if delta is None:
         return _WRONG_INT
+    if delta == _INT64_MIN:
+        return b"-ERR decrement would overflow\r\n"
     return _incr_by(_db(session, state), session.encoder, argv[1], -delta)
 
 
 # -- expiry ---------------------------------------------------------------------------------
+
+
+def _expire_overflows(number: int, seconds: bool, option: bytes) -> bool:
+    """Whether an expire time is past what Redis accepts: its absolute time in milliseconds
+    must fit a signed 64-bit integer (else "invalid expire time", never a store error)."""
+    if seconds and not -(_INT64_MAX // 1000) <= number <= _INT64_MAX // 1000:
+        return True
+    when_ms = number * 1000 if seconds else number
+    if option in (b"ex", b"px"):  # relative: Redis adds the current time
+        when_ms += int(time.time() * 1000)
+    return when_ms > _INT64_MAX
 
 
 def _expire_generic(
@@ -662,6 +683,8 @@ def _expire_generic(
     number = _parse_int(argv[2])
     if number is None:
         return _WRONG_INT
+    if _expire_overflows(number, unit_ms == 1000, b"exat" if absolute else b"ex"):
+        return b"-ERR invalid expire time in '%b' command\r\n" % _printable(argv[0].lower())
     flags = {a.lower() for a in argv[3:]}
     for option in argv[3:]:
         if option.lower() not in (b"nx", b"xx", b"gt", b"lt"):
@@ -746,9 +769,50 @@ def _glob(pattern: bytes) -> Callable[[bytes], bool]:
     """Redis's glob (``*``, ``?``, ``[...]``, ``\\`` escapes) over bytes."""
     if pattern == b"*":
         return lambda key: True
-    text = pattern.decode("latin-1")
-    regex = re.compile(fnmatch.translate(text).encode("latin-1"), re.DOTALL)
-    return lambda key: regex.match(key) is not None
+    regex = re.compile(_glob_regex(pattern), re.DOTALL)
+    return lambda key: regex.fullmatch(key) is not None
+
+
+def _glob_regex(pattern: bytes) -> bytes:
+    """Translate a pattern the way Redis's ``stringmatchlen`` reads it: ``\\x`` is a literal
+    x (also inside brackets), ``[^...]`` negates, ``[a-z]`` ranges (either order), and an
+    unclosed ``[`` takes the rest of the pattern as its set."""
+    out: list[bytes] = []
+    i, n = 0, len(pattern)
+    while i < n:
+        c = pattern[i]
+        if c == 0x2A:  # *
+            out.append(b".*")
+        elif c == 0x3F:  # ?
+            out.append(b".")
+        elif c == 0x5C and i + 1 < n:  # backslash escape
+            i += 1
+            out.append(b"\\x%02x" % pattern[i])
+        elif c == 0x5B:  # [
+            i += 1
+            negate = i < n and pattern[i] == 0x5E  # ^
+            if negate:
+                i += 1
+            items: list[bytes] = []
+            while i < n and pattern[i] != 0x5D:  # ]
+                if pattern[i] == 0x5C and i + 1 < n:
+                    i += 1
+                    items.append(b"\\x%02x" % pattern[i])
+                elif i + 2 < n and pattern[i + 1] == 0x2D:  # a-z
+                    low, high = sorted((pattern[i], pattern[i + 2]))
+                    items.append(b"\\x%02x-\\x%02x" % (low, high))
+                    i += 2
+                else:
+                    items.append(b"\\x%02x" % pattern[i])
+                i += 1
+            if items:
+                out.append(b"[%b%b]" % (b"^" if negate else b"", b"".join(items)))
+            else:
+                out.append(b"." if negate else b"(?!)")
+        else:
+            out.append(b"\\x%02x" % c)
+        i += 1
+    return b"".join(out)
 
 
 def _key_hash(key: bytes) -> int:
