@@ -15,14 +15,14 @@ import hmac
 import os
 import re
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Final
 
 from crc32c import crc32c
 
 from kvs import __version__
-from kvs.errors import KeyNotFound, KvsError, LimitError, ReadOnlyError
+from kvs.errors import KeyNotFound, KvsError, ReadOnlyError
 from kvs.protocol.resp import OK, PONG, QUEUED, RESP2, RESP3, ReplyEncoder
 from kvs.store import KvStore, WriteBatch
 
@@ -127,13 +127,16 @@ def execute(state: ServerState, session: Session, argv: list[bytes]) -> bytes:
     if session.transaction is not None and cmd.in_transaction:
         session.transaction.queued.append((cmd, argv))
         return QUEUED
+    return _run(cmd, state, session, argv)
+
+
+def _run(cmd: Command, state: ServerState, session: Session, argv: list[bytes]) -> bytes:
+    """The handler's reply, or the store's error as a Redis error reply."""
     try:
         return cmd.handler(state, session, argv)
     except ReadOnlyError as error:
         return b"-READONLY %b\r\n" % _one_line(str(error))
-    except LimitError as error:
-        return b"-ERR %b\r\n" % _one_line(str(error))
-    except KvsError as error:
+    except KvsError as error:  # LimitError, StorageError, ...
         return b"-ERR %b\r\n" % _one_line(str(error))
 
 
@@ -459,15 +462,12 @@ def _get_bytes(db: KvStore | _Transaction, key: bytes) -> bytes | None:
 
 @command("get", 2)
 def _get(state: ServerState, session: Session, argv: list[bytes]) -> bytes:
-    return session.encoder.bulk(_get_bytes(state.store, argv[1]))
+    return session.encoder.bulk(_get_bytes(_db(session, state), argv[1]))
 
 
 @command("set", -3, write=True)
 def _set(state: ServerState, session: Session, argv: list[bytes]) -> bytes:
-    return _do_set(state.store, session.encoder, argv)
-
-
-def _do_set(db: KvStore | _Transaction, enc: ReplyEncoder, argv: list[bytes]) -> bytes:
+    db, enc = _db(session, state), session.encoder
     key, value = argv[1], argv[2]
     ttl: float | None = None
     at_ms: int | None = None
@@ -525,7 +525,7 @@ def _do_set(db: KvStore | _Transaction, enc: ReplyEncoder, argv: list[bytes]) ->
 
 @command("setnx", 3, write=True)
 def _setnx(state: ServerState, session: Session, argv: list[bytes]) -> bytes:
-    db = state.store
+    db = _db(session, state)
     if _get_bytes(db, argv[1]) is not None:
         return _ZERO
     db.set(argv[1], argv[2])
@@ -534,46 +534,38 @@ def _setnx(state: ServerState, session: Session, argv: list[bytes]) -> bytes:
 
 @command("getset", 3, write=True)
 def _getset(state: ServerState, session: Session, argv: list[bytes]) -> bytes:
-    old = _get_bytes(state.store, argv[1])
-    state.store.set(argv[1], argv[2])
+    db = _db(session, state)
+    old = _get_bytes(db, argv[1])
+    db.set(argv[1], argv[2])
     return session.encoder.bulk(old)
 
 
 @command("getdel", 2, write=True)
 def _getdel(state: ServerState, session: Session, argv: list[bytes]) -> bytes:
-    return _do_getdel(state.store, session.encoder, argv)
-
-
-def _do_getdel(db: KvStore | _Transaction, enc: ReplyEncoder, argv: list[bytes]) -> bytes:
+    db = _db(session, state)
     old = _get_bytes(db, argv[1])
     if old is not None:
         db.remove(argv[1])
-    return enc.bulk(old)
+    return session.encoder.bulk(old)
 
 
 @command("mget", -2)
 def _mget(state: ServerState, session: Session, argv: list[bytes]) -> bytes:
-    return session.encoder.bulk_array([_get_bytes(state.store, key) for key in argv[1:]])
+    db = _db(session, state)
+    return session.encoder.bulk_array([_get_bytes(db, key) for key in argv[1:]])
 
 
 @command("mset", -3, write=True)
 def _mset(state: ServerState, session: Session, argv: list[bytes]) -> bytes:
     if len(argv) % 2 == 0:
         return b"-ERR wrong number of arguments for 'mset' command\r\n"
-    pairs = list(zip(argv[1::2], argv[2::2], strict=True))
-    state.store.update(pairs)
+    _db(session, state).update(list(zip(argv[1::2], argv[2::2], strict=True)))
     return OK
 
 
 @command("del", -2, write=True)
 def _del(state: ServerState, session: Session, argv: list[bytes]) -> bytes:
-    return _do_del(state.store, session.encoder, argv)
-
-
-COMMANDS[b"unlink"] = Command("unlink", -2, _del, write=True)
-
-
-def _do_del(db: KvStore | _Transaction, enc: ReplyEncoder, argv: list[bytes]) -> bytes:
+    db, enc = _db(session, state), session.encoder
     keys = list(dict.fromkeys(argv[1:]))
     present = [key for key in keys if db.get(key) is not None]
     if len(present) == 1:
@@ -586,28 +578,29 @@ def _do_del(db: KvStore | _Transaction, enc: ReplyEncoder, argv: list[bytes]) ->
     return enc.integer(len(present))
 
 
+COMMANDS[b"unlink"] = Command("unlink", -2, _del, write=True)
+
+
 @command("exists", -2)
 def _exists(state: ServerState, session: Session, argv: list[bytes]) -> bytes:
-    return session.encoder.integer(sum(state.store.get(key) is not None for key in argv[1:]))
+    db = _db(session, state)
+    return session.encoder.integer(sum(db.get(key) is not None for key in argv[1:]))
 
 
 @command("type", 2)
 def _type(state: ServerState, session: Session, argv: list[bytes]) -> bytes:
-    return b"+string\r\n" if state.store.get(argv[1]) is not None else b"+none\r\n"
+    return b"+string\r\n" if _db(session, state).get(argv[1]) is not None else b"+none\r\n"
 
 
 @command("strlen", 2)
 def _strlen(state: ServerState, session: Session, argv: list[bytes]) -> bytes:
-    value = _get_bytes(state.store, argv[1])
+    value = _get_bytes(_db(session, state), argv[1])
     return session.encoder.integer(0 if value is None else len(value))
 
 
 @command("append", 3, write=True)
 def _append(state: ServerState, session: Session, argv: list[bytes]) -> bytes:
-    return _do_append(state.store, session.encoder, argv)
-
-
-def _do_append(db: KvStore | _Transaction, enc: ReplyEncoder, argv: list[bytes]) -> bytes:
+    db, enc = _db(session, state), session.encoder
     key = argv[1]
     old = _get_bytes(db, key)
     try:
@@ -742,12 +735,12 @@ def _ttl_reply(db: KvStore | _Transaction, key: bytes, scale: int) -> int:
 
 @command("ttl", 2)
 def _ttl(state: ServerState, session: Session, argv: list[bytes]) -> bytes:
-    return session.encoder.integer(_ttl_reply(state.store, argv[1], 1))
+    return session.encoder.integer(_ttl_reply(_db(session, state), argv[1], 1))
 
 
 @command("pttl", 2)
 def _pttl(state: ServerState, session: Session, argv: list[bytes]) -> bytes:
-    return session.encoder.integer(_ttl_reply(state.store, argv[1], 1000))
+    return session.encoder.integer(_ttl_reply(_db(session, state), argv[1], 1000))
 
 
 @command("persist", 2, write=True)
@@ -957,9 +950,6 @@ class _Transaction:
         if batch.ops:
             self.store.write(batch)
 
-    def __iter__(self) -> Iterator[bytes]:  # pragma: no cover - not used by commands
-        raise NotImplementedError
-
 
 @command("multi", 1, queue=False)
 def _multi(state: ServerState, session: Session, argv: list[bytes]) -> bytes:
@@ -986,72 +976,15 @@ def _exec(state: ServerState, session: Session, argv: list[bytes]) -> bytes:
     session.transaction = None
     if session.transaction_failed:
         return b"-EXECABORT Transaction discarded because of previous errors.\r\n"
-    # Run the queued commands against the overlay (so they see each other's writes), then
-    # write everything as one batch.
+    # Run the queued commands against the overlay (every handler reads and writes through
+    # _db(), so they see each other's writes), then write everything as one batch.
     session.transaction = tx
     try:
-        replies = [_run_in_transaction(state, session, cmd, argv) for cmd, argv in tx.queued]
+        replies = [_run(cmd, state, session, queued) for cmd, queued in tx.queued]
     finally:
         session.transaction = None
     tx.commit()
     return session.encoder.array(replies)
-
-
-_TX_HANDLERS: dict[str, Callable[[KvStore | _Transaction, ReplyEncoder, list[bytes]], bytes]] = {
-    "set": _do_set,
-    "getdel": _do_getdel,
-    "del": _do_del,
-    "unlink": _do_del,
-    "append": _do_append,
-}
-
-
-def _run_in_transaction(
-    state: ServerState, session: Session, cmd: Command, argv: list[bytes]
-) -> bytes:
-    tx = session.transaction
-    assert tx is not None
-    enc = session.encoder
-    name = cmd.name
-    if name in _TX_HANDLERS:
-        return _TX_HANDLERS[name](tx, enc, argv)
-    if name == "get":
-        return enc.bulk(tx.get(argv[1]))
-    if name == "mget":
-        return enc.bulk_array([tx.get(key) for key in argv[1:]])
-    if name == "mset":
-        if len(argv) % 2 == 0:
-            return b"-ERR wrong number of arguments for 'mset' command\r\n"
-        tx.update(list(zip(argv[1::2], argv[2::2], strict=True)))
-        return OK
-    if name == "exists":
-        return enc.integer(sum(tx.get(key) is not None for key in argv[1:]))
-    if name in ("ttl", "pttl"):
-        return enc.integer(_ttl_reply(tx, argv[1], 1 if name == "ttl" else 1000))
-    if name == "strlen":
-        value = tx.get(argv[1])
-        return enc.integer(0 if value is None else len(value))
-    if name == "type":
-        return b"+string\r\n" if tx.get(argv[1]) is not None else b"+none\r\n"
-    if name == "setnx":
-        if tx.get(argv[1]) is not None:
-            return _ZERO
-        tx.set(argv[1], argv[2])
-        return _ONE
-    if name == "getset":
-        old = tx.get(argv[1])
-        tx.set(argv[1], argv[2])
-        return enc.bulk(old)
-    if cmd.write and name not in _TX_SAFE_WRITES:
-        return b"-ERR %b is not supported inside MULTI\r\n" % name.upper().encode()
-    # Commands that read through _db() (incr, expire, flushdb, ...) or touch no keys.
-    return cmd.handler(state, session, argv)
-
-
-_TX_SAFE_WRITES: Final = {
-    "incr", "decr", "incrby", "decrby", "expire", "pexpire", "expireat", "pexpireat",
-    "persist", "flushdb", "flushall",
-}  # fmt: skip
 
 
 __all__ = ["COMMANDS", "ServerState", "Session", "Shutdown", "execute"]
