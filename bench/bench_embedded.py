@@ -546,9 +546,10 @@ class DbmEngine(Engine):
         return None if value is None else bytes(value)
 
 
-class ShelveEngine(Engine):
+class ShelveEngine(DbmEngine):
+    """shelve over the same dbm backend: the same loops, with str keys."""
+
     engine = "shelve"
-    has_batches = False
 
     def __init__(self, label: str) -> None:
         super().__init__(label)
@@ -563,20 +564,7 @@ class ShelveEngine(Engine):
         import shelve
 
         os.makedirs(path, exist_ok=True)
-        self.db: Any = shelve.open(os.path.join(path, "db"), "c")  # noqa: SIM115
-
-    def close(self) -> None:
-        self.db.close()
-
-    def write_each(self, pairs: Sequence[Pair]) -> None:
-        db = self.db
-        for key, value in pairs:
-            db[key] = value
-
-    def read_each(self, keys: Sequence[Key]) -> None:
-        get = self.db.get
-        for key in keys:
-            get(key)
+        self.db = shelve.open(os.path.join(path, "db"), "c")  # noqa: SIM115
 
     def get(self, key: Key) -> bytes | None:
         value = self.db.get(text(key))
