@@ -83,14 +83,13 @@ class KvStore(ABC):
     """
 
     @classmethod
-    def open(cls, path: str, **options: Any) -> KvStore:
-        """Open (creating if missing) the store in directory ``path``.
-
-        Options of the default log engine: see ``kvs.log.engine.LogStore``.
+    def open(cls, path: str, *, engine: str = "kvs", **options: Any) -> KvStore:
+        """Open (creating if missing) the store at ``path`` with the named engine (see
+        ``kvs.engines``). Options of the default log engine: see ``kvs.log.engine.LogStore``.
         """
-        from kvs.log.engine import LogStore
+        from kvs import engines
 
-        return LogStore(path, **options)
+        return engines.open_engine(engine, path, **options)
 
     # -- the engine's part -------------------------------------------------------------------
 
