@@ -81,3 +81,13 @@ def test_torn_tail_of_a_full_newest_file_is_cut_before_it_is_sealed(tmp_path: Pa
         s.set(b"after", b"1")
     with KvStore.open(path, max_file_size=4096) as s:
         assert s.get(b"after") == b"1" and s.get(b"k399") == b"v" * 100
+
+
+def test_a_huge_ttl_is_a_value_error_not_a_struct_error(tmp_path: Path) -> None:
+    with KvStore.open(str(tmp_path)) as s:
+        for ttl in (1e20, float("inf"), float("nan"), 0, -1):
+            with pytest.raises(ValueError, match="ttl"):
+                s.set("k", "v", ttl=ttl)
+        assert s.get("k") is None
+        s.set("k", "v", ttl=1e9)  # about 30 years: fine
+        assert s.get("k") == "v"

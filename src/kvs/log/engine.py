@@ -605,9 +605,12 @@ class LogStore(KvStore):
 
     @staticmethod
     def _expires_ms(ttl: float) -> int:
-        if not ttl > 0:
+        if not ttl > 0 or ttl == float("inf"):
             raise ValueError(f"ttl must be a positive number of seconds, not {ttl!r}")
-        return now_ms() + max(1, int(ttl * 1000))
+        expires_ms = now_ms() + max(1, int(ttl * 1000))
+        if expires_ms >= 1 << 63:  # stored as a u64; Redis's own limit is the same
+            raise ValueError(f"ttl of {ttl!r} seconds is too large")
+        return expires_ms
 
     def remove(self, key: Key) -> None:
         raw_key = to_bytes(key, "key")
