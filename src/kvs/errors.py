@@ -74,3 +74,8 @@ class StorageError(KvsError, OSError):
 
 class FormatError(KvsError):
     """A store directory holds files of an unknown format version."""
+
+
+class NotSupportedError(KvsError):
+    """The engine cannot do what was asked, as asked (for example a batch whose keys span
+    several hash slots of a Redis Cluster, which cannot be applied atomically)."""

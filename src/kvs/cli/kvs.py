@@ -5,7 +5,13 @@
     kvs [--dir PATH] rm KEY            prints nothing; "Key not found" and exit 1 if absent
     kvs [--dir PATH] compact           reclaim the space of overwritten and removed records
     kvs [--dir PATH] check [--fix]     verify every record; repair only with --fix
+    kvs [--dir PATH] export [-o FILE]  every key as JSON lines (kvs.cli.transfer)
+    kvs [--dir PATH] import [-i FILE]  read export's JSON lines into the store
     kvs -V | --version
+
+Every command takes ``--engine NAME`` (any of ``kvs.engines.available()``). Without it, the
+engine is the one the directory already holds (``directory_engine``), else ``kvs``; naming
+another engine than the one that holds the directory is an error.
 
 The store is the current directory unless ``--dir`` (or the ``KVS_DIR`` environment variable)
 names another. Every error is one line on stderr and a non-zero exit status (``EXIT_CODES``).
@@ -19,7 +25,8 @@ import os
 import sys
 from collections.abc import Sequence
 
-from kvs import __version__
+from kvs import __version__, engines
+from kvs.cli import transfer
 from kvs.cli._args import UsageParser, add_set_get_rm
 from kvs.errors import (
     CorruptionError,
@@ -27,6 +34,7 @@ from kvs.errors import (
     KvsError,
     StoreLockedError,
 )
+from kvs.log import filenames
 from kvs.store import KvStore
 
 #: Exit status by outcome; documented in the README.
@@ -46,6 +54,14 @@ def build_parser() -> argparse.ArgumentParser:
         metavar="PATH",
         help="store directory (default: $KVS_DIR, else the current directory)",
     )
+    common.add_argument(
+        "--engine",
+        default=argparse.SUPPRESS,
+        choices=engines.available(),
+        metavar="NAME",
+        help=f"storage engine, one of {', '.join(engines.available())} (default: the one the "
+        "directory holds, else kvs)",
+    )
     parser = UsageParser(
         prog="kvs",
         description="A persistent key-value store. One operation per run.",
@@ -63,11 +79,47 @@ def build_parser() -> argparse.ArgumentParser:
         "--fix", action="store_true", help="repair what was found (asks first; keeps backups)"
     )
     check_cmd.add_argument("--yes", action="store_true", help="with --fix: do not ask")
+    transfer.add_parsers(commands, common)
     return parser
 
 
 def _store_dir(args: argparse.Namespace) -> str:
     return str(getattr(args, "dir", None) or os.environ.get("KVS_DIR") or os.getcwd())
+
+
+def directory_engine(directory: str) -> str | None:
+    """The engine whose data ``directory`` holds: the one ``kvs-server`` recorded in
+    ``kvs.engine``, else the one whose files are there; ``None`` for neither (or no such
+    directory)."""
+    try:
+        with open(filenames.engine_file(directory), encoding="utf-8") as f:
+            recorded = f.read().strip()
+        if recorded:
+            return recorded
+    except OSError:
+        pass
+    try:
+        names = os.listdir(directory)
+    except OSError:
+        return None
+    if any(filenames.parse(name) is not None for name in names):
+        return "kvs"
+    if "kvs.sqlite3" in names:
+        return "sqlite"
+    return None
+
+
+def _engine(args: argparse.Namespace, directory: str) -> str:
+    """``--engine``, checked against the directory's data; else that data's engine."""
+    requested: str | None = getattr(args, "engine", None)
+    holds = directory_engine(directory)
+    if requested is not None and holds is not None and holds != requested:
+        # Another engine would show an empty store and write beside the data: refuse.
+        raise KvsError(
+            f"{directory} holds data of the {holds!r} engine; it cannot be opened with "
+            f"{requested!r} (use --engine {holds})"
+        )
+    return requested or holds or engines.DEFAULT_ENGINE
 
 
 def _fail(message: str, status: int) -> int:
@@ -80,9 +132,14 @@ def main(argv: Sequence[str] | None = None) -> int:
     logging.basicConfig(format="kvs: %(levelname)s: %(message)s", level=logging.WARNING)
     directory = _store_dir(args)
     try:
+        engine = _engine(args, directory)
         if args.command == "check":
+            if engine != "kvs":
+                return _fail(f"check reads the kvs engine's files; {directory} is {engine}", 2)
             return _check(directory, args.fix, args.yes)
-        with KvStore.open(directory) as store:
+        with KvStore.open(directory, engine=engine) as store:
+            if args.command in ("export", "import"):
+                return transfer.run(store, args)
             if args.command == "set":
                 store.set(args.key, args.value)
             elif args.command == "get":

@@ -6,9 +6,11 @@
 
 Listens on ``127.0.0.1:4000`` unless ``--addr`` says otherwise (``[::1]:4000`` for IPv6); keeps
 its data in the current directory unless ``--dir``. Logs go to stderr. The engine a directory
-was first served with is recorded in ``kvs.engine`` as soon as the server starts; starting it
-later with another engine is an error. Binding to an address other than loopback without a
-password is refused unless ``--protected-mode no`` says that is intended.
+was first served with is recorded in ``kvs.engine`` as soon as its store is open, before
+anything is served (a directory without the file belongs to the engine whose files it holds:
+``kvs.cli.kvs.directory_engine``); starting it later with another engine is an error.
+Binding to an address other than loopback without a password is refused unless
+``--protected-mode no`` says that is intended.
 """
 
 from __future__ import annotations
@@ -20,14 +22,18 @@ import os
 import sys
 from collections.abc import Sequence
 
-from kvs import __version__
+from kvs import __version__, engines
 from kvs.cli._args import UsageParser
+from kvs.cli.kvs import directory_engine
 from kvs.errors import KvsError, StoreLockedError
 from kvs.log import filenames
 from kvs.server.app import KvsServer, Limits, is_loopback, new_event_loop, run
 from kvs.store import KvStore
 
-ENGINES = ("kvs",)
+#: Engines whose "path" is a server's URL, not a data directory: not for kvs-server.
+NETWORK_ENGINES = frozenset({"redis"})
+#: The engines --engine offers: the registry's (``kvs.engines.available()``) but those.
+ENGINES = tuple(name for name in engines.available() if name not in NETWORK_ENGINES)
 log = logging.getLogger("kvs.server")
 
 
@@ -82,40 +88,50 @@ def _read_config(path: str) -> dict[str, str]:
     return settings
 
 
-def _claim_engine(directory: str, requested: str | None) -> str:
-    """The engine this directory belongs to, recorded before anything is served."""
+def _claim_engine(directory: str, requested: str | None) -> tuple[str, bool]:
+    """The engine to serve ``directory`` with, and whether ``kvs.engine`` must be written
+    (``_record_engine``, once the store opened, before anything is served)."""
     marker = filenames.engine_file(directory)
     try:
         with open(marker, encoding="utf-8") as f:
             recorded: str | None = f.read().strip()
+        inferred = False
     except FileNotFoundError:
-        recorded = None
+        # No marker (a directory the kvs command made): the engine is the one whose files
+        # are there, if any, so that it is not served by another engine and marked as such.
+        recorded = directory_engine(directory)
+        inferred = recorded is not None
     if recorded is not None and recorded not in ENGINES:
         # Data of an engine this build does not have: never open it with another one.
         raise KvsError(
             f"{directory} holds data of the {recorded!r} engine (recorded in {marker}), which "
             f"this kvs-server does not have (engines: {', '.join(ENGINES)})"
         )
+    where = "its files" if inferred else f"recorded in {marker}"
     engine = requested or recorded or "kvs"
     if recorded is not None and recorded != engine:
         raise KvsError(
-            f"{directory} holds data of the {recorded!r} engine; it cannot be served with "
-            f"{engine!r} (start with --engine {recorded})"
+            f"{directory} holds data of the {recorded!r} engine ({where}); it cannot be served "
+            f"with {engine!r} (start with --engine {recorded})"
         )
-    if recorded is None:
-        os.makedirs(directory, mode=0o700, exist_ok=True)
-        temp = marker + ".tmp"
-        with open(os.open(temp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600), "w") as f:
-            f.write(engine + "\n")
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(temp, marker)
-        fd = os.open(directory, os.O_RDONLY | os.O_DIRECTORY)
-        try:
-            os.fsync(fd)  # the choice must survive a SIGKILL a moment from now
-        finally:
-            os.close(fd)
-    return engine
+    return engine, recorded is None or inferred
+
+
+def _record_engine(directory: str, engine: str) -> None:
+    """Write ``kvs.engine``: the directory belongs to ``engine`` from now on."""
+    marker = filenames.engine_file(directory)
+    os.makedirs(directory, mode=0o700, exist_ok=True)
+    temp = marker + ".tmp"
+    with open(os.open(temp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600), "w") as f:
+        f.write(engine + "\n")
+        f.flush()
+        os.fsync(f.fileno())
+    os.replace(temp, marker)
+    fd = os.open(directory, os.O_RDONLY | os.O_DIRECTORY)
+    try:
+        os.fsync(fd)  # the choice must survive a SIGKILL a moment from now
+    finally:
+        os.close(fd)
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -137,11 +153,19 @@ def main(argv: Sequence[str] | None = None) -> int:
                 file=sys.stderr,
             )
             return 1
-        engine = _claim_engine(directory, args.engine)
+        engine, unrecorded = _claim_engine(directory, args.engine)
         # Under sync=always the server fsyncs once per event-loop turn for all clients
         # (group commit), so the store itself only has to hand writes to the OS.
-        store_sync = "no" if args.sync == "always" else args.sync
-        store = KvStore.open(directory, sync=store_sync)
+        # Other engines get "always" itself: their sync() is then cheap or a no-op.
+        store_sync = "no" if args.sync == "always" and engine == "kvs" else args.sync
+        store = KvStore.open(directory, engine=engine, sync=store_sync)
+        if unrecorded:
+            # Only once the engine opened the directory: a failed start claims nothing.
+            try:
+                _record_engine(directory, engine)
+            except BaseException:
+                store.close()
+                raise
     except StoreLockedError as error:
         print(f"kvs-server: {error}", file=sys.stderr)
         return 3

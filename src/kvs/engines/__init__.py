@@ -4,8 +4,10 @@
     KvStore.open("data", engine="sqlite")       # any registered engine
     register("mine", factory)                   # factory(path, **options) -> KvStore
 
-Built in: ``kvs`` (the log engine, ``kvs.log``). Engines are imported only when first opened,
-so an engine whose library is missing costs nothing until someone asks for it.
+Built in: ``kvs`` (the log engine, ``kvs.log``), ``sqlite`` (``kvs.engines.sqlite``: Python's
+sqlite3, one table in WAL mode) and ``memory`` (``kvs.engines.memory``: a dict, nothing on
+disk). Engines are imported only when first opened, so an engine whose library is missing costs
+nothing until someone asks for it.
 """
 
 from __future__ import annotations
@@ -22,6 +24,9 @@ EngineFactory = Callable[..., KvStore]
 #: name -> "module:attribute" of a factory, imported on first use.
 _BUILTIN: dict[str, str] = {
     "kvs": "kvs.log.engine:LogStore",
+    "memory": "kvs.engines.memory:MemoryStore",
+    "sqlite": "kvs.engines.sqlite:SqliteStore",
+    "redis": "kvs.engines.redis:RedisStore",
 }
 _registry: dict[str, EngineFactory] = {}
 

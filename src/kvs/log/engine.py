@@ -101,7 +101,7 @@ class _Unusable(dict[bytes, int]):
         raise StoreClosedError(self.reason)
 
     get = __getitem__ = __contains__ = __iter__ = __len__ = _raise
-    items = keys = values = pop = _raise
+    items = keys = values = pop = copy = _raise
 
 
 @dataclass
@@ -383,7 +383,9 @@ class LogStore(KvStore):
 
     def scan(self, prefix: Key = b"") -> Iterator[Key]:
         raw_prefix = to_bytes(prefix, "prefix")
-        items = list(self._index.items())  # one C-level copy: a consistent snapshot
+        # dict.copy() runs no Python code (list(items()) can, through the GC), so no other
+        # thread can change the dict mid-copy.
+        items = list(self._index.copy().items())
         expiry = self._expiry
         clock = now_ms() if expiry else 0
         selected = sorted(
@@ -608,7 +610,7 @@ class LogStore(KvStore):
         if not ttl > 0 or ttl == float("inf"):
             raise ValueError(f"ttl must be a positive number of seconds, not {ttl!r}")
         expires_ms = now_ms() + max(1, int(ttl * 1000))
-        if expires_ms >= 1 << 63:  # stored as a u64; Redis's own limit is the same
+        if expires_ms >= 1 << 64:  # the record's expires_ms field is a u64
             raise ValueError(f"ttl of {ttl!r} seconds is too large")
         return expires_ms
 
