@@ -12,6 +12,7 @@ Anything else (``int``, ``bool``, ``None``, ...) is a ``TypeError``: convert it 
 
 from __future__ import annotations
 
+import time
 from abc import ABC, abstractmethod
 from collections.abc import Iterable, Iterator, Mapping
 from dataclasses import dataclass, field
@@ -34,6 +35,25 @@ def to_bytes(data: object, what: str) -> bytes:
     if isinstance(data, bytearray | memoryview):
         return bytes(data)
     raise TypeError(f"{what} must be str or bytes, not {type(data).__name__}; convert it first")
+
+
+def now_ms() -> int:
+    """Wall-clock Unix time in milliseconds: the clock every engine's expiry uses."""
+    return time.time_ns() // 1_000_000
+
+
+def expiry_ms(ttl: float, ceiling: int = 1 << 63) -> int:
+    """The wall-clock expiry, in ms, of a ``ttl`` of seconds from now.
+
+    Raises ``ValueError`` for a ttl that is not positive and finite, or whose expiry would not
+    fit below ``ceiling`` (the engine's field: a signed 64-bit INTEGER in SQLite by default).
+    """
+    if not ttl > 0 or ttl == float("inf"):
+        raise ValueError(f"ttl must be a positive number of seconds, not {ttl!r}")
+    expires = now_ms() + max(1, int(ttl * 1000))
+    if expires >= ceiling:
+        raise ValueError(f"ttl of {ttl!r} seconds is too large")
+    return expires
 
 
 @dataclass

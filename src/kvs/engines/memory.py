@@ -12,29 +12,13 @@ nothing to make durable), ``compact`` only drops expired keys early.
 from __future__ import annotations
 
 import threading
-import time
 from collections.abc import Iterable, Iterator, Mapping
 from typing import Any
 
 from kvs.errors import KeyNotFound, StoreClosedError
-from kvs.store import Key, KvStore, SyncPolicy, Value, WriteBatch, to_bytes
+from kvs.store import Key, KvStore, SyncPolicy, Value, WriteBatch, expiry_ms, now_ms, to_bytes
 
 _POLICIES = ("always", "everysec", "no")
-
-
-def _now_ms() -> int:
-    # Wall-clock milliseconds, as the on-disk engines use, so that expiry behaves the same.
-    return time.time_ns() // 1_000_000
-
-
-def _expires_ms(ttl: float) -> int:
-    """The wall-clock expiry of a ``ttl`` from now, checked as the log engine checks it."""
-    if not ttl > 0 or ttl == float("inf"):
-        raise ValueError(f"ttl must be a positive number of seconds, not {ttl!r}")
-    expires_ms = _now_ms() + max(1, int(ttl * 1000))
-    if expires_ms >= 1 << 63:  # a signed 64-bit INTEGER in SQLite, a u64 in the log engine
-        raise ValueError(f"ttl of {ttl!r} seconds is too large")
-    return expires_ms
 
 
 def _key(key: object) -> tuple[bytes, bool]:
@@ -86,7 +70,7 @@ class MemoryStore(KvStore):
         if raw not in self._data:
             return False
         expires = self._expiry.get(raw)
-        if expires is not None and expires <= (_now_ms() if now is None else now):
+        if expires is not None and expires <= (now_ms() if now is None else now):
             del self._data[raw]
             del self._expiry[raw]
             return False
@@ -107,14 +91,14 @@ class MemoryStore(KvStore):
             if not self._live(raw):
                 raise KeyNotFound(key)
             expires = self._expiry.get(raw)
-        return None if expires is None else max(0.0, (expires - _now_ms()) / 1000)
+        return None if expires is None else max(0.0, (expires - now_ms()) / 1000)
 
     def scan(self, prefix: Key = b"") -> Iterator[Key]:
         # Not a generator: the snapshot is taken now, at the call, not at the first next().
         raw_prefix = to_bytes(prefix, "prefix")
         with self._lock:
             self._check_open()
-            now = _now_ms()
+            now = now_ms()
             selected = sorted(
                 (raw, is_str)
                 for raw, (_, is_str) in self._data.items()
@@ -127,7 +111,7 @@ class MemoryStore(KvStore):
         raw_prefix = to_bytes(prefix, "prefix")
         with self._lock:
             self._check_open()
-            now = _now_ms()
+            now = now_ms()
             selected = sorted(
                 (raw, is_str, value)
                 for raw, (value, is_str) in self._data.items()
@@ -139,7 +123,7 @@ class MemoryStore(KvStore):
     def __len__(self) -> int:
         with self._lock:
             self._check_open()
-            now = _now_ms()
+            now = now_ms()
             return len(self._data) - sum(1 for ms in self._expiry.values() if ms <= now)
 
     # -- writes ------------------------------------------------------------------------------
@@ -147,7 +131,7 @@ class MemoryStore(KvStore):
     def set(self, key: Key, value: Value, ttl: float | None = None) -> None:
         raw, is_str = _key(key)
         kept = _value(value)
-        expires = None if ttl is None else _expires_ms(ttl)
+        expires = None if ttl is None else expiry_ms(ttl)
         with self._lock:
             self._check_open()
             self._put(raw, kept, is_str, expires)
@@ -171,7 +155,7 @@ class MemoryStore(KvStore):
 
     def expire(self, key: Key, ttl: float | None) -> bool:
         raw, _ = _key(key)
-        expires = None if ttl is None else _expires_ms(ttl)
+        expires = None if ttl is None else expiry_ms(ttl)
         with self._lock:
             self._check_open()
             if not self._live(raw):
@@ -190,7 +174,7 @@ class MemoryStore(KvStore):
             raw, is_str = _key(key)
             if op == "set":
                 assert value is not None
-                expires = None if ttl is None else _expires_ms(ttl)
+                expires = None if ttl is None else expiry_ms(ttl)
                 prepared.append((True, raw, _value(value), is_str, expires, False))
             else:
                 prepared.append((False, raw, b"", False, None, missing_ok))
@@ -233,7 +217,7 @@ class MemoryStore(KvStore):
     def compact(self) -> None:
         with self._lock:
             self._check_open()
-            now = _now_ms()
+            now = now_ms()
             for raw in [raw for raw, ms in self._expiry.items() if ms <= now]:
                 del self._data[raw]
                 del self._expiry[raw]
@@ -247,7 +231,7 @@ class MemoryStore(KvStore):
     def stats(self) -> dict[str, int | float | str]:
         with self._lock:
             self._check_open()
-            now = _now_ms()
+            now = now_ms()
             live = [
                 (raw, value)
                 for raw, (value, _) in self._data.items()

@@ -51,7 +51,6 @@ import logging
 import os
 import sqlite3
 import threading
-import time
 import weakref
 from collections.abc import Iterator
 from typing import Any
@@ -69,7 +68,7 @@ from kvs.errors import (
 )
 from kvs.log import filenames
 from kvs.log.fs import LockHandle, OsFileSystem
-from kvs.store import Key, KvStore, SyncPolicy, Value, WriteBatch, to_bytes
+from kvs.store import Key, KvStore, SyncPolicy, Value, WriteBatch, expiry_ms, now_ms, to_bytes
 
 log = logging.getLogger("kvs.sqlite")
 
@@ -107,20 +106,6 @@ def _after_fork_in_child() -> None:
 
 
 os.register_at_fork(after_in_child=_after_fork_in_child)
-
-
-def _now_ms() -> int:
-    return time.time_ns() // 1_000_000
-
-
-def _expires_ms(ttl: float) -> int:
-    """The wall-clock expiry of a ``ttl`` from now, checked as the log engine checks it."""
-    if not ttl > 0 or ttl == float("inf"):
-        raise ValueError(f"ttl must be a positive number of seconds, not {ttl!r}")
-    expires_ms = _now_ms() + max(1, int(ttl * 1000))
-    if expires_ms >= 1 << 63:  # a signed 64-bit INTEGER in SQLite, a u64 in the log engine
-        raise ValueError(f"ttl of {ttl!r} seconds is too large")
-    return expires_ms
 
 
 def _key(key: object) -> tuple[bytes, int]:
@@ -328,7 +313,7 @@ class SqliteStore(KvStore):
         raw, _ = _key(key)
         with self._locked() as conn:
             row = conn.execute(_GET, (raw,)).fetchone()
-        if row is None or (row[2] is not None and row[2] <= _now_ms()):
+        if row is None or (row[2] is not None and row[2] <= now_ms()):
             return None
         value: bytes = row[0]
         return value.decode() if row[1] & VALUE_STR else value
@@ -337,7 +322,7 @@ class SqliteStore(KvStore):
         raw, _ = _key(key)
         with self._locked() as conn:
             row = conn.execute(_GET, (raw,)).fetchone()
-        now = _now_ms()
+        now = now_ms()
         if row is None or (row[2] is not None and row[2] <= now):
             raise KeyNotFound(key)
         return None if row[2] is None else max(0.0, (row[2] - now) / 1000)
@@ -347,7 +332,7 @@ class SqliteStore(KvStore):
         low = to_bytes(prefix, "prefix")
         high = _prefix_end(low)
         where = f"k >= ? AND {_LIVE}" + ("" if high is None else " AND k < ?")
-        params: tuple[Any, ...] = (low, _now_ms()) if high is None else (low, _now_ms(), high)
+        params: tuple[Any, ...] = (low, now_ms()) if high is None else (low, now_ms(), high)
         with self._locked() as conn:
             return conn.execute(
                 f"SELECT {columns} FROM kv WHERE {where} ORDER BY k", params
@@ -371,7 +356,7 @@ class SqliteStore(KvStore):
     def __len__(self) -> int:
         with self._locked() as conn:
             return int(
-                conn.execute(f"SELECT count(*) FROM kv WHERE {_LIVE}", (_now_ms(),)).fetchone()[0]
+                conn.execute(f"SELECT count(*) FROM kv WHERE {_LIVE}", (now_ms(),)).fetchone()[0]
             )
 
     # -- writes ------------------------------------------------------------------------------
@@ -379,7 +364,7 @@ class SqliteStore(KvStore):
     def set(self, key: Key, value: Value, ttl: float | None = None) -> None:
         raw, key_flag = _key(key)
         raw_value, value_flag = _value(value)
-        expires = None if ttl is None else _expires_ms(ttl)
+        expires = None if ttl is None else expiry_ms(ttl)
         with self._locked(write=True) as conn:
             conn.execute(_SET, (raw, raw_value, key_flag | value_flag, expires))
             self._commits += 1
@@ -388,16 +373,16 @@ class SqliteStore(KvStore):
         raw, _ = _key(key)
         with self._locked(write=True) as conn:
             # An expired row is not deleted here: it is not there as far as anyone can see.
-            if conn.execute(_REMOVE, (raw, _now_ms())).rowcount == 0:
+            if conn.execute(_REMOVE, (raw, now_ms())).rowcount == 0:
                 raise KeyNotFound(key)
             self._commits += 1
 
     def expire(self, key: Key, ttl: float | None) -> bool:
         raw, _ = _key(key)
-        expires = None if ttl is None else _expires_ms(ttl)
+        expires = None if ttl is None else expiry_ms(ttl)
         with self._locked(write=True) as conn:
             cursor = conn.execute(
-                f"UPDATE kv SET expires_ms = ? WHERE k = ? AND {_LIVE}", (expires, raw, _now_ms())
+                f"UPDATE kv SET expires_ms = ? WHERE k = ? AND {_LIVE}", (expires, raw, now_ms())
             )
             if cursor.rowcount == 0:
                 return False
@@ -413,13 +398,13 @@ class SqliteStore(KvStore):
             if op == "set":
                 assert value is not None
                 raw_value, value_flag = _value(value)
-                expires = None if ttl is None else _expires_ms(ttl)
+                expires = None if ttl is None else expiry_ms(ttl)
                 prepared.append((True, raw, raw_value, key_flag | value_flag, expires, False))
             else:
                 prepared.append((False, raw, b"", 0, None, missing_ok))
         if not prepared:
             return
-        now = _now_ms()
+        now = now_ms()
         with self._locked(write=True) as conn:
             conn.execute("BEGIN IMMEDIATE")
             try:
@@ -521,7 +506,7 @@ class SqliteStore(KvStore):
         """Delete expired rows, ``VACUUM`` the file and empty the WAL into it."""
         with self._locked(write=True) as conn:
             conn.execute(
-                "DELETE FROM kv WHERE expires_ms IS NOT NULL AND expires_ms <= ?", (_now_ms(),)
+                "DELETE FROM kv WHERE expires_ms IS NOT NULL AND expires_ms <= ?", (now_ms(),)
             )
             conn.execute("VACUUM")
             conn.execute("PRAGMA wal_checkpoint(TRUNCATE)")
@@ -571,7 +556,7 @@ class SqliteStore(KvStore):
                 self.close()
 
     def stats(self) -> dict[str, int | float | str]:
-        now = _now_ms()
+        now = now_ms()
         with self._locked() as conn:
             page_size = int(conn.execute("PRAGMA page_size").fetchone()[0])
             pages = int(conn.execute("PRAGMA page_count").fetchone()[0])

@@ -51,8 +51,8 @@ from kvs.errors import (
 from kvs.log import compaction, filenames, hintfile, record
 from kvs.log.durability import Durability
 from kvs.log.fs import AppendFile, FileSystem, LockHandle, OsFileSystem, ReadBuffer, ReadFile
-from kvs.log.recovery import FileState, location_size, location_sizes, now_ms, recover
-from kvs.store import Key, KvStore, SyncPolicy, Value, WriteBatch, to_bytes
+from kvs.log.recovery import FileState, location_size, location_sizes, recover
+from kvs.store import Key, KvStore, SyncPolicy, Value, WriteBatch, expiry_ms, now_ms, to_bytes
 
 log = logging.getLogger("kvs")
 
@@ -607,12 +607,7 @@ class LogStore(KvStore):
 
     @staticmethod
     def _expires_ms(ttl: float) -> int:
-        if not ttl > 0 or ttl == float("inf"):
-            raise ValueError(f"ttl must be a positive number of seconds, not {ttl!r}")
-        expires_ms = now_ms() + max(1, int(ttl * 1000))
-        if expires_ms >= 1 << 64:  # the record's expires_ms field is a u64
-            raise ValueError(f"ttl of {ttl!r} seconds is too large")
-        return expires_ms
+        return expiry_ms(ttl, ceiling=1 << 64)  # the record's expires_ms field is a u64
 
     def remove(self, key: Key) -> None:
         raw_key = to_bytes(key, "key")

@@ -21,7 +21,6 @@ The rules, in order (``docs/format.md`` has the long form):
 from __future__ import annotations
 
 import logging
-import time
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass, field
 from itertools import repeat
@@ -30,6 +29,7 @@ from kvs.errors import CorruptionError
 from kvs.log import filenames, hintfile, record
 from kvs.log.filenames import FileKind
 from kvs.log.fs import FileSystem, ReadFile
+from kvs.store import now_ms
 
 log = logging.getLogger("kvs")
 
@@ -73,8 +73,6 @@ class Recovered:
     next_id: int = 1
 
 
-def now_ms() -> int:
-    return time.time_ns() // 1_000_000
 
 
 def recover(fs: FileSystem, directory: str) -> Recovered:
