@@ -8,6 +8,7 @@ import tempfile
 from hypothesis import settings
 from hypothesis import strategies as st
 from hypothesis.stateful import RuleBasedStateMachine, invariant, precondition, rule
+from soakmode import soak_scale
 
 from kvs import KeyNotFound, KvStore, WriteBatch
 
@@ -123,5 +124,7 @@ class StoreModel(RuleBasedStateMachine):
         shutil.rmtree(self.dir, ignore_errors=True)
 
 
-StoreModel.TestCase.settings = settings(max_examples=60, stateful_step_count=40, deadline=None)
+StoreModel.TestCase.settings = settings(
+    max_examples=soak_scale(60, 2000), stateful_step_count=40, deadline=None
+)
 TestStoreModel = StoreModel.TestCase

@@ -6,7 +6,8 @@ after a random (seeded) delay, reopens the store and checks that it holds exactl
 acknowledged operations, plus possibly the one in flight (a batch all or nothing); then a new
 writer continues on the same directory, and so on.
 
-``KVS_KILL_ROUNDS`` (default 10) sets the number of kills per test; ``KVS_KILL_SEED`` the seed.
+``KVS_KILL_ROUNDS`` sets the number of kills per test (default 10, 200 under ``--soak``);
+``KVS_KILL_SEED`` the seed. The soak script (``tests/soak/run_soak.py``) calls ``kill_rounds``.
 """
 
 from __future__ import annotations
@@ -24,11 +25,12 @@ from pathlib import Path
 from typing import Any, BinaryIO
 
 import pytest
+from soakmode import soak_scale
 
 from .helpers import Expected, contents, open_store, temp_files
 from .kill9_writer import value_for
 
-ROUNDS = int(os.environ.get("KVS_KILL_ROUNDS", "10"))
+ROUNDS = int(os.environ.get("KVS_KILL_ROUNDS", soak_scale(10, 200)))
 SEED = int(os.environ.get("KVS_KILL_SEED", "20240607"))
 WRITER = Path(__file__).with_name("kill9_writer.py")
 READY_TIMEOUT = 30.0
@@ -184,13 +186,15 @@ def kill_rounds(
     seed: int,
     compact_weight: int = 0,
     kill_in_compaction: bool = False,
-) -> None:
+    rounds: int = ROUNDS,
+) -> dict[str, int]:
+    """Kill a writer ``rounds`` times and check the store after each kill; returns counts."""
     path = tmp_path / "store"
     log = tmp_path / "writer-stderr.log"
     rng = random.Random(seed)
     model: Expected = {}
     acknowledged = 0
-    for round_no in range(ROUNDS):
+    for round_no in range(rounds):
         transcript = run_writer(
             path,
             options,
@@ -202,7 +206,7 @@ def kill_rounds(
             log,
         )
         acknowledged += check_after_kill(path, model, transcript, round_no)
-    assert acknowledged >= ROUNDS and len(model) > 0
+    assert acknowledged >= rounds and len(model) > 0
     # A last clean session: write, close, reopen.
     store = open_store(path, **OPTIONS_BASE)
     try:
@@ -215,6 +219,8 @@ def kill_rounds(
         assert contents(store) == model
     finally:
         store.close()
+    # A failed check raises, so a returned round lost nothing acknowledged.
+    return {"kills": rounds, "acknowledged_ops": acknowledged, "keys_checked": len(model)}
 
 
 @pytest.mark.parametrize("sync", ["always", "everysec", "no"])

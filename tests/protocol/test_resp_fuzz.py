@@ -15,13 +15,19 @@ from typing import Any
 
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
+from soakmode import soak_scale
 
 from kvs.protocol import ProtocolError, RespParser, encode_command
 
 Command = list[bytes]
 Outcome = tuple[list[Command], str | None]
 
-FUZZ = settings(max_examples=300, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+# Long form under --soak (tests/soakmode.py).
+FUZZ = settings(
+    max_examples=soak_scale(300, 20_000),
+    deadline=None,
+    suppress_health_check=[HealthCheck.too_slow],
+)
 
 
 def split(data: bytes, cuts: list[int]) -> list[bytes]:
@@ -283,7 +289,7 @@ INLINE_PIECES = [bytes([c]) for c in b"ab \t\r\x0b\x0c\"'\\x4Fgn\x00\xff"] + [
 inline_lines = st.lists(st.sampled_from(INLINE_PIECES), max_size=30).map(b"".join)
 
 
-@settings(max_examples=1000, deadline=None)
+@settings(max_examples=soak_scale(1000, 20_000), deadline=None)
 @given(line=inline_lines, ending=st.sampled_from([b"\n", b"\r\n"]))
 def test_inline_matches_sdssplitargs(line: bytes, ending: bytes) -> None:
     # Redis hands sdssplitargs the line without its "\n" or "\r\n".
