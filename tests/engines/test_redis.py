@@ -8,6 +8,7 @@ has no ``WATCH``), retries through a server restart, connection errors, ``wait_r
 
 from __future__ import annotations
 
+import io
 import threading
 import time
 from collections.abc import Iterator
@@ -17,6 +18,7 @@ from typing import Any
 import pytest
 
 from kvs import KeyNotFound, KvsError, KvStore, StoreClosedError, WriteBatch
+from kvs.cli.transfer import export_store
 from kvs.engines.redis import (
     RedisStore,
     RedisURLError,
@@ -468,3 +470,65 @@ def test_compact_reclaims_expired_keys(redis_store: RedisStore) -> None:
     time.sleep(0.05)
     store.compact()  # SCAN meets every expired key, so Redis deletes it
     assert len(store) == 50
+
+
+# -- export: values and ttls read in bulk ----------------------------------------------------
+
+
+def count_round_trips(monkeypatch: pytest.MonkeyPatch) -> list[int]:
+    """Each round trip the engine makes from now on (one write of commands, then their
+    replies) appends its number of commands to the returned list."""
+    trips: list[int] = []
+    real = RedisStore._roundtrip
+
+    def counting(conn: Any, commands: Any) -> list[Any]:
+        trips.append(len(commands))
+        return real(conn, commands)
+
+    monkeypatch.setattr(RedisStore, "_roundtrip", staticmethod(counting))
+    return trips
+
+
+def test_items_with_ttl_matches_get_and_ttl(store: KvStore) -> None:
+    assert isinstance(store, RedisStore)
+    store.set("str", "value")
+    store.set(b"bytes", b"\x00\xff")
+    store.set("expiring", b"soon", ttl=600)
+    for i in range(2500):
+        store.set(f"k{i:05d}", f"v{i}")
+    items = list(store.items_with_ttl(chunk=700))
+    assert [key for key, _, _ in items] == list(store.scan())
+    for key, value, ttl in items:
+        assert store.get(key) == value
+        assert (ttl is None) == (key != "expiring")
+    assert dict((k, v) for k, v, _ in items)["expiring"] == b"soon"
+    assert 590 < (dict((k, t) for k, _, t in items)["expiring"] or 0) <= 600
+    assert [key for key, _, _ in store.items_with_ttl("k0249")] == [f"k0249{i}" for i in range(10)]
+    with pytest.raises(ValueError):
+        next(store.items_with_ttl(chunk=0))
+
+
+def test_export_reads_values_in_chunks_not_per_key(
+    redis_server: RedisServer, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """``kvs export`` from Redis: one SCAN per page, then GET + PTTL pipelined per chunk
+    (INFO commandstats counts the commands; the engine's round trips are counted too)."""
+    keys = 2500
+    with redis_server.client() as client:
+        client.flushdb()
+    with KvStore.open(redis_server.url, engine="redis") as store:
+        store.update({f"k{i:05d}": f"v{i}" for i in range(keys)})
+        with redis_server.client() as client:
+            client.config_resetstat()
+        trips = count_round_trips(monkeypatch)
+        out = io.BytesIO()
+        assert export_store(store, out) == keys
+    assert out.getvalue().splitlines()[7] == b'{"k": "k00007", "v": "v7"}'
+    with redis_server.client() as client:
+        stats = client.info("commandstats")
+    assert stats["cmdstat_get"]["calls"] == keys
+    assert stats["cmdstat_pttl"]["calls"] == keys
+    assert "cmdstat_getrange" not in stats  # the key types come from the values read
+    scans = stats["cmdstat_scan"]["calls"]
+    assert len(trips) == scans + 3, trips  # 3 chunks of up to 1000 keys
+    assert scans < 10

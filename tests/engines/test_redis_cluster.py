@@ -6,6 +6,8 @@ failover."""
 
 from __future__ import annotations
 
+import io
+import json
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -15,6 +17,7 @@ import pytest
 from redis.crc import key_slot
 
 from kvs import KeyNotFound, KvsError, KvStore, NotSupportedError, WriteBatch
+from kvs.cli.transfer import export_store, import_store
 from kvs.engines.redis import RedisStore
 
 from .redis_fixtures import Cluster, RedisServer, require_redis, slow_enabled
@@ -179,8 +182,101 @@ def test_wait_for_a_replica(replicated: Cluster) -> None:
             batch.set("{b}1", "1")
             batch.set("{b}2", "2")
         assert len(store) == 32
+        spread = WriteBatch()
+        for i in range(30):
+            spread.set(f"s{i}", str(i))
+        assert store.write_by_slot(spread) == len({key_slot(f"s{i}".encode()) for i in range(30)})
+        assert len(store) == 62
     finally:
         store.close()
+
+
+# -- bulk transfer: import one transaction per slot, export in chunks ----------------------
+
+
+def test_write_by_slot_writes_each_slot_atomically(store: RedisStore, cluster: Cluster) -> None:
+    store.update({"{a}gone": "x", "{a}kept": "x"})
+    batch = WriteBatch()
+    for i in range(200):
+        batch.set(f"k{i}", str(i))
+    batch.set("k0", "again", ttl=60)  # a key twice: the later operation wins
+    batch.remove("{a}gone")  # a checked remove, in the slot of {a}
+    batch.remove("never-there", missing_ok=True)
+    slots = {key_slot(f"k{i}".encode()) for i in range(200)} | {key_slot(b"{a}")}
+    slots.add(key_slot(b"never-there"))
+    assert store.write_by_slot(batch) == len(slots)
+    assert store.get("k0") == "again" and 59 < (store.ttl("k0") or 0) <= 60
+    assert store.get("k199") == "199" and store.get("{a}gone") is None
+    assert len(store) == 201 and all(node_sizes(cluster).values())
+
+    failing = WriteBatch()
+    failing.set("{a}kept", "changed")
+    failing.remove("{a}absent")  # KeyNotFound: nothing of slot {a} is written
+    with pytest.raises(KeyNotFound):
+        store.write_by_slot(failing)
+    assert store.get("{a}kept") == "x"
+    assert store.write_by_slot(WriteBatch()) == 0
+
+
+def test_import_into_a_cluster_with_the_default_batch(
+    store: RedisStore, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Export from the log engine, import into the cluster with the default batch size (one
+    transaction per hash slot), export again: the same lines (up to the remaining ttl)."""
+    items: dict[str | bytes, str | bytes] = {f"user:{i:04d}": f"name {i}" for i in range(2500)}
+    items.update({f"bin{i}".encode(): bytes([i]) * 3 for i in range(100)})
+    items.update({f"{{order:7}}:{i}": "line" for i in range(10)})
+    with KvStore.open(str(tmp_path / "old")) as old:
+        old.update(items)
+        old.set("session", "token", ttl=600)
+        dump = io.BytesIO()
+        export_store(old, dump)
+    written: list[int] = []
+    real_write_by_slot = RedisStore.write_by_slot
+
+    def spy(self: RedisStore, batch: WriteBatch) -> int:
+        written.append(len(batch))
+        return real_write_by_slot(self, batch)
+
+    monkeypatch.setattr(RedisStore, "write_by_slot", spy)
+    dump.seek(0)
+    result = import_store(store, dump)
+    assert (result.keys, result.batches) == (2611, 3)
+    assert written == [1000, 1000, 611]
+    assert dict(store.items()) == {**items, "session": "token"}
+    assert 590 < (store.ttl("session") or 0) <= 600
+    again = io.BytesIO()
+    export_store(store, again)
+
+    def without_ttl(text: bytes) -> list[Any]:
+        return [
+            {k: v for k, v in json.loads(line).items() if k != "ttl_ms"}
+            for line in text.splitlines()
+        ]
+
+    assert without_ttl(again.getvalue()) == without_ttl(dump.getvalue())
+
+
+def test_export_from_a_cluster_reads_in_chunks_per_primary(
+    store: RedisStore, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    store.update({f"{{t}}{i}": "v" for i in range(10)})
+    for i in range(1500):
+        store[f"key{i:05d}"] = f"value{i}"
+    trips: list[int] = []
+    real = RedisStore._roundtrip
+
+    def counting(conn: Any, commands: Any) -> list[Any]:
+        trips.append(len(commands))
+        return real(conn, commands)
+
+    monkeypatch.setattr(RedisStore, "_roundtrip", staticmethod(counting))
+    out = io.BytesIO()
+    assert export_store(store, out) == 1510
+    reads = [n for n in trips if n > 1]  # GET + PTTL pipelines; SCANs are single commands
+    assert len(reads) <= 2 * 3  # 2 chunks of up to 1000 keys, each on at most 3 primaries
+    assert sum(reads) == 2 * 1510
+    assert len(trips) - len(reads) < 20  # the SCAN pages
 
 
 # -- failover -------------------------------------------------------------------------------

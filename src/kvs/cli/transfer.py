@@ -30,7 +30,10 @@ Export
 ------
 Streams: for each key of one ``scan()`` it reads the value and TTL and writes its line, so only
 one value is in memory at a time (the log engine's scan itself is a list of the keys, which
-the engine holds in memory anyway). How consistent is it?
+the engine holds in memory anyway). From the ``redis`` engine it reads through
+``RedisStore.items_with_ttl`` instead: ``GET`` and ``PTTL`` of 1000 keys per round trip (per
+primary), not two round trips per key, so up to 1000 values are in memory. How consistent is
+it?
 
 * ``scan()`` is a snapshot of the *keys* taken when the export starts; each value (and TTL) is
   read afterwards, one by one, so a key written meanwhile may come out newer than the snapshot,
@@ -53,7 +56,11 @@ it. Keys already in the target store are overwritten; other keys are kept. On a 
 batch the store refuses, import stops with one line naming the line number: every batch before
 it is written, nothing of the batch the bad line is in, nothing after. The message says how
 many keys were imported and up to which line, so a rerun can start after it (``tail -n +L``).
-Into a Redis cluster, where a batch must stay in one hash slot, use ``--batch 1``.
+
+Into a Redis Cluster, where a transaction must stay in one hash slot, each batch is written
+with ``RedisStore.write_by_slot``: one ``MULTI``/``EXEC`` per hash slot its keys fall in
+(pipelined, one round trip per primary). So there a batch is atomic per slot, not as a whole:
+when a batch fails, keys of it in other slots may have been written (the message says so).
 
 A progress bar goes to standard error when standard error is a terminal (never into a pipe
 or a file). Export's summary goes to standard error (standard output may carry the data);
@@ -72,9 +79,9 @@ import stat
 import sys
 import tempfile
 import time
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass
-from typing import IO, Any, Protocol
+from typing import IO, Any, Protocol, runtime_checkable
 
 from kvs.errors import KeyNotFound, KvsError
 from kvs.store import Key, KvStore, Value, WriteBatch
@@ -219,10 +226,44 @@ def decode_line(line: bytes, lineno: int) -> tuple[Key, Value, int | None] | Non
 def export_store(store: KvStore, out: _BinaryWriter, progress: Progress | None = None) -> int:
     """Write every key of ``store`` to ``out`` in the format, in scan order; return how many.
 
-    Streams: one value is in memory at a time. Keys removed or expired after the scan started
-    are left out (see the module docstring on consistency).
+    Streams: one value is in memory at a time (from the ``redis`` engine, one chunk of 1000).
+    Keys removed or expired after the scan started are left out (see the module docstring on
+    consistency).
     """
     count = 0
+    for key, value, ttl in _items_with_ttl(store):
+        ttl_ms = None if ttl is None else max(1, round(ttl * 1000))
+        out.write(encode_item(key, value, ttl_ms))
+        count += 1
+        if progress is not None:
+            progress.update(count, count)
+    return count
+
+
+@runtime_checkable
+class _BulkReader(Protocol):
+    """A store that reads keys, values and ttls in bulk (the redis engine: a few keys per
+    round trip instead of two round trips per key)."""
+
+    def items_with_ttl(self) -> Iterator[tuple[Key, Value, float | None]]: ...
+
+
+@runtime_checkable
+class _SlotWriter(Protocol):
+    """A store that may be a Redis Cluster, where one transaction holds one hash slot."""
+
+    @property
+    def cluster(self) -> bool: ...
+
+    def write_by_slot(self, batch: WriteBatch) -> int: ...
+
+
+def _items_with_ttl(store: KvStore) -> Iterator[tuple[Key, Value, float | None]]:
+    """Every key of ``store`` in scan order with its value and ttl; keys removed or expired
+    after the scan are left out."""
+    if isinstance(store, _BulkReader):
+        yield from store.items_with_ttl()
+        return
     for key in store.scan():
         value = store.get(key)
         if value is None:
@@ -231,12 +272,7 @@ def export_store(store: KvStore, out: _BinaryWriter, progress: Progress | None =
             ttl = store.ttl(key)
         except KeyNotFound:
             continue
-        ttl_ms = None if ttl is None else max(1, round(ttl * 1000))
-        out.write(encode_item(key, value, ttl_ms))
-        count += 1
-        if progress is not None:
-            progress.update(count, count)
-    return count
+        yield key, value, ttl
 
 
 @dataclass(frozen=True)
@@ -259,13 +295,20 @@ def import_store(
 ) -> ImportResult:
     """Read the format from ``lines`` (a binary file, or any iterable of lines) and write it
     into ``store`` in atomic batches of ``batch_size`` keys (fewer once a batch holds
-    ``batch_bytes`` of keys and values).
+    ``batch_bytes`` of keys and values); into a Redis Cluster, each batch atomic per hash
+    slot (see the module docstring).
 
     On a bad line or a failed batch write, raises ``TransferError`` naming the line; every
     batch before it is written, nothing of its own batch or after it.
     """
     if batch_size < 1:
         raise ValueError(f"batch_size must be at least 1, not {batch_size}")
+    # Into a cluster, a batch is written as one transaction per hash slot (its keys almost
+    # never share one, and a transaction spanning slots is refused).
+    write: Callable[[WriteBatch], object] = store.write
+    by_slot = False
+    if isinstance(store, _SlotWriter) and store.cluster:
+        write, by_slot = store.write_by_slot, True
     keys = batches = 0
     committed_line = 0  # the last line of the last batch written
     batch = WriteBatch()
@@ -285,11 +328,17 @@ def import_store(
     def flush() -> None:
         nonlocal keys, batches, committed_line, batch, pending_bytes
         try:
-            store.write(batch)
+            write(batch)
         except (KvsError, OSError, ValueError, TypeError) as error:
+            partly = (
+                " (on a cluster each hash slot of a batch is written on its own: keys of "
+                "this batch in other slots may have been written)"
+                if by_slot
+                else ""
+            )
             raise TransferError(
                 f"writing the batch of lines {first_pending}-{lineno} failed: "
-                f"{str(error) or type(error).__name__}; {where()}"
+                f"{str(error) or type(error).__name__}; {where()}{partly}"
             ) from error
         keys += len(batch)
         batches += 1
@@ -426,7 +475,8 @@ def add_parsers(commands: argparse._SubParsersAction[Any], common: argparse.Argu
         type=_positive,
         default=DEFAULT_BATCH,
         metavar="N",
-        help=f"keys per atomic batch (default {DEFAULT_BATCH}; 1 for a Redis cluster)",
+        help=f"keys per atomic batch (default {DEFAULT_BATCH}; on a Redis Cluster atomic per hash "
+        "slot)",
     )
 
 

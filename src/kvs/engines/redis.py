@@ -36,7 +36,9 @@ Guarantees
   On a cluster a transaction can only touch one hash slot, so a batch whose keys span several
   slots raises ``NotSupportedError`` before writing anything: give keys that must change
   together a common ``{hashtag}`` (``{user:1}:name``, ``{user:1}:mail``). ``update`` is a
-  batch too. ``clear`` on a cluster is atomic per hash slot, not across slots.
+  batch too. ``clear`` on a cluster is atomic per hash slot, not across slots, and so is
+  ``write_by_slot(batch)``, which writes any batch as one transaction per slot (``kvs
+  import`` uses it).
 * **Durability** is the server's: its ``appendonly``/``appendfsync`` settings (or, for
   ``kvs-server``, ``--sync``) decide what survives a crash, and ``sync()`` does nothing. With
   ``wait_replicas=N`` every write is followed by ``WAIT N`` on the same connection, and raises
@@ -65,12 +67,14 @@ How it talks to the server: redis-py keeps the connection pools (one per node) a
 cluster's slot map; this module sends its own command sequences on a pooled connection
 (``WATCH``/``EXISTS``/``MULTI``/``EXEC``/``WAIT`` must share one), reads every reply, and
 retries. ``scan`` reads the tag byte of each key it finds with ``GETRANGE key 0 0`` (the
-whole value on a server without ``GETRANGE``, such as kvs-server).
+whole value on a server without ``GETRANGE``, such as kvs-server), 1000 keys per round trip;
+``items_with_ttl`` (for ``kvs export``) reads values and TTLs the same way.
 """
 
 from __future__ import annotations
 
 import contextlib
+import functools
 import inspect
 import threading
 import time
@@ -97,6 +101,8 @@ _TAG_BASE = 0x30  # b"0"
 
 #: Keys per round trip when ``scan`` reads the tags (key types) of the keys it found.
 _TAG_CHUNK = 1000
+#: Keys per round trip (per primary) when ``items_with_ttl`` reads values and ttls.
+_ITEMS_CHUNK = 1000
 #: ``SCAN ... COUNT`` hint.
 _SCAN_COUNT = 1000
 #: ``write`` retries this many times when a watched key changes before ``EXEC``.
@@ -511,6 +517,56 @@ class RedisStore(KvStore):
 
         return iter(self._retrying(attempt))
 
+    def items_with_ttl(
+        self, prefix: Key = b"", chunk: int = _ITEMS_CHUNK
+    ) -> Iterator[tuple[Key, Value, float | None]]:
+        """``(key, value, ttl)`` for every key that starts with ``prefix``, in byte order; the
+        ttl in seconds (``None``: never expires), as ``ttl(key)`` gives it. For ``kvs export``.
+
+        Reads in few round trips: the keys with ``SCAN`` (one per page, per primary), then
+        ``GET`` and ``PTTL`` of ``chunk`` keys at a time, one round trip per primary holding
+        some of them; so at most ``chunk`` values are in memory at once. Not a snapshot, as
+        ``scan``: a key removed or expired before its chunk is read is left out, and each
+        value and ttl are read at the time of their chunk (each pair is not atomic either: a
+        key set between its ``GET`` and ``PTTL`` may pair the old value with the new ttl).
+        """
+        if chunk < 1:
+            raise ValueError(f"chunk must be at least 1, not {chunk}")
+        raw_prefix = to_bytes(prefix, "prefix")
+        self._check_open()
+        found = self._retrying(lambda: self._scan_keys(raw_prefix))
+        keys = sorted({key for on_primary in found.values() for key in on_primary})
+        for start in range(0, len(keys), chunk):
+            part = keys[start : start + chunk]
+            read = self._retrying(functools.partial(self._read_with_ttl, part))
+            for key in part:
+                item = read.get(key)
+                if item is not None:
+                    yield item
+
+    def _read_with_ttl(self, keys: list[bytes]) -> dict[bytes, tuple[Key, Value, float | None]]:
+        """One attempt: ``GET`` + ``PTTL`` of each key on the server that owns its slot now
+        (so that a retry after a slot moved goes to its new owner), one round trip per
+        server; keys gone meanwhile are left out."""
+        by_client: dict[redis.Redis, list[bytes]] = {}
+        for key in keys:
+            by_client.setdefault(self._client_for(self._slot(key)), []).append(key)
+        found: dict[bytes, tuple[Key, Value, float | None]] = {}
+        for client, on_client in by_client.items():
+            commands: list[Command] = []
+            for key in on_client:
+                commands += [("GET", key), ("PTTL", key)]
+            with self._connection(client) as conn:
+                replies = self._roundtrip(conn, commands)
+            _raise_first_error(replies)
+            for index, key in enumerate(on_client):
+                data, ms = replies[2 * index], replies[2 * index + 1]
+                if not data or ms == -2:  # removed or expired since the SCAN
+                    continue
+                typed: Key = key.decode() if _tag_bits(data, key) & KEY_STR else key
+                found[key] = (typed, decode_value(data, key), None if ms < 0 else ms / 1000)
+        return found
+
     # -- writes ------------------------------------------------------------------------------
 
     def set(self, key: Key, value: Value, ttl: float | None = None) -> None:
@@ -543,6 +599,81 @@ class RedisStore(KvStore):
     def write(self, batch: WriteBatch) -> None:
         if not batch.ops:
             return
+        ops = self._ops(batch)
+        slot = self._batch_slot([raw for _, _, raw, _, _, _ in ops])
+        self._transact(slot, ops)
+
+    @property
+    def cluster(self) -> bool:
+        """Whether the store is a Redis Cluster (a ``redis+cluster://`` URL)."""
+        return self._cluster is not None
+
+    def write_by_slot(self, batch: WriteBatch) -> int:
+        """Apply ``batch`` as one atomic transaction per hash slot that its keys fall in;
+        return how many transactions that was (on one server: ``write(batch)``, one).
+
+        For a batch whose keys need not change together across slots (``kvs import``, a bulk
+        load): each slot's operations are all applied or none, in their order in the batch
+        (so every key ends as the batch leaves it), but the slots are independent: if one
+        fails, the slots written before it stay written, and a reader may see some slots'
+        changes before others'. The transactions of slots with only sets (and removes with
+        ``missing_ok``) go to each primary in one round trip, several ``MULTI``/``EXEC``
+        blocks in a row, and are sent again whole after a failover (they are idempotent); a
+        slot with a remove that must find its key is checked and written as ``write`` does.
+        """
+        if not batch.ops:
+            return 0
+        ops = self._ops(batch)
+        if self._cluster is None:
+            self._transact(None, ops)
+            return 1
+        groups: dict[int, list[Op]] = {}
+        for item in ops:
+            groups.setdefault(key_slot(item[2]), []).append(item)
+        checked = {
+            slot: group
+            for slot, group in groups.items()
+            if any(op == "remove" and not missing_ok for op, *_, missing_ok in group)
+        }
+        for slot in sorted(checked):
+            self._transact(slot, checked[slot])
+        idempotent = {slot: group for slot, group in groups.items() if slot not in checked}
+        if idempotent:
+            self._retrying(lambda: self._transact_idempotent(idempotent))
+        return len(groups)
+
+    def _transact_idempotent(self, groups: dict[int, list[Op]]) -> None:
+        """One attempt at ``write_by_slot``'s pipelined part: every slot of ``groups`` (no
+        removes that must find their key) as its own MULTI/EXEC, one round trip per primary."""
+        by_client: dict[redis.Redis, list[list[Command]]] = {}
+        for slot in sorted(groups):
+            plan = self._plan(groups[slot], {})  # no checked removes: never raises
+            if plan:
+                by_client.setdefault(self._client_for(slot), []).append(plan)
+        for client, plans in by_client.items():
+            sent: list[Command] = []
+            for plan in plans:
+                sent += [("MULTI",), *plan, ("EXEC",)]
+            if self._wait is not None:
+                sent.append(self._wait)
+            with self._connection(client) as conn:
+                replies = self._roundtrip(conn, sent)
+            acknowledged = replies.pop() if self._wait is not None else None
+            at = 0
+            for plan in plans:
+                block = replies[at : at + len(plan) + 2]  # MULTI, the queued ones, EXEC
+                at += len(plan) + 2
+                result = block[-1]
+                _raise_first_error(block[:-1])  # MOVED, say: retried after a refresh
+                if result is None or isinstance(result, Exception):
+                    raise result or KvsError(f"{self.url}: EXEC without WATCH was aborted")
+                _raise_first_error(result)
+            if self._wait is not None:
+                self._check_replicas(acknowledged)
+
+    @staticmethod
+    def _ops(batch: WriteBatch) -> list[Op]:
+        """The operations of ``batch`` with their keys and values encoded for the server."""
         ops: list[Op] = []
         for op, key, value, ttl, missing_ok in batch.ops:
             raw = to_bytes(key, "key")
@@ -552,8 +683,7 @@ class RedisStore(KvStore):
                 ops.append(("set", key, raw, encode_value(key, value), ms, False))
             else:
                 ops.append(("remove", key, raw, None, None, missing_ok))
-        slot = self._batch_slot([raw for _, _, raw, _, _, _ in ops])
-        self._transact(slot, ops)
+        return ops
 
     def clear(self) -> None:
         """Remove every key of the database (on a cluster: of every primary). Atomic on one
