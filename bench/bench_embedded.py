@@ -59,8 +59,9 @@ from abc import ABC, abstractmethod
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field, replace
 from functools import partial
-from pathlib import Path
 from typing import Any
+
+from _docs import DOCS_PATH, REPO_ROOT, write_section  # this directory is sys.path[0]
 
 Key = bytes | str
 Pair = tuple[Key, bytes]
@@ -76,8 +77,6 @@ VERIFY_SAMPLE = 200
 
 DOCS_START = "<!-- embedded-bench:start -->"
 DOCS_END = "<!-- embedded-bench:end -->"
-REPO_ROOT = Path(__file__).resolve().parent.parent
-DOCS_PATH = REPO_ROOT / "docs" / "benchmarks.md"
 
 W_WRITE = "1. Sequential writes (one set per call, fresh store)"
 W_READ = "2. Random reads of present keys"
@@ -1417,19 +1416,7 @@ Python version, date) and exact command in the section below, which `--write-doc
 
 
 def write_docs(section: str) -> None:
-    block = f"{DOCS_START}\n{section}{DOCS_END}\n"
-    if DOCS_PATH.exists():
-        current = DOCS_PATH.read_text()
-        start, end = current.find(DOCS_START), current.find(DOCS_END)
-        if start != -1 and end > start:
-            tail = current[end + len(DOCS_END) :]
-            updated = current[:start] + block.rstrip("\n") + tail
-        else:
-            updated = current.rstrip("\n") + "\n\n" + block
-    else:
-        DOCS_PATH.parent.mkdir(parents=True, exist_ok=True)
-        updated = DOCS_INTRO + "\n" + block
-    DOCS_PATH.write_text(updated)
+    write_section(DOCS_START, DOCS_END, section, new_file=DOCS_INTRO)
 
 
 # -- the command line --------------------------------------------------------------------------

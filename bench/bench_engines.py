@@ -66,9 +66,9 @@ from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
-from unittest import mock
 
 import bench_embedded  # this directory is sys.path[0] when the script runs
+from _docs import DOCS_PATH, write_section
 from bench_embedded import table, timed
 
 from kvs import KvStore
@@ -386,11 +386,10 @@ def metadata(args: argparse.Namespace) -> list[str]:
 
 
 def write_docs(section: str) -> None:
-    """Replace this script's marked section of docs/benchmarks.md, with bench_embedded's code
-    (which replaces the text between its module's markers: pointed at ours for the call)."""
-    with mock.patch.multiple(bench_embedded, DOCS_START=DOCS_START, DOCS_END=DOCS_END):
-        bench_embedded.write_docs(section)
-    log(f"wrote {os.path.relpath(bench_embedded.DOCS_PATH, os.getcwd())}")
+    """Replace this script's marked section of docs/benchmarks.md (a missing file is started
+    with bench_embedded's introduction, as that script would)."""
+    write_section(DOCS_START, DOCS_END, section, new_file=bench_embedded.DOCS_INTRO)
+    log(f"wrote {os.path.relpath(DOCS_PATH, os.getcwd())}")
 
 
 # -- main --------------------------------------------------------------------------------------

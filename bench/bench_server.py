@@ -75,13 +75,12 @@ import tempfile
 import time
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
-from pathlib import Path
+
+from _docs import DOCS_PATH, REPO_ROOT, write_section  # this directory is sys.path[0]
 
 DOCS_START = "<!-- server-bench:start -->"
 DOCS_END = "<!-- server-bench:end -->"
 DOCS_HEADING = "## kvs-server against redis-server"
-REPO_ROOT = Path(__file__).resolve().parent.parent
-DOCS_PATH = REPO_ROOT / "docs" / "benchmarks.md"
 
 CLIENTS = 50
 PIPELINES = (1, 16)
@@ -519,15 +518,7 @@ def render(
 
 
 def write_docs(section: str) -> None:
-    text = DOCS_PATH.read_text(encoding="utf-8") if DOCS_PATH.exists() else "# Benchmarks\n"
-    block = f"{DOCS_START}\n{section}{DOCS_END}"
-    if DOCS_START in text and DOCS_END in text:
-        head, _, rest = text.partition(DOCS_START)
-        _, _, tail = rest.partition(DOCS_END)
-        text = head + block + tail
-    else:
-        text = text.rstrip("\n") + f"\n\n{DOCS_HEADING}\n\n{block}\n"
-    DOCS_PATH.write_text(text, encoding="utf-8")
+    write_section(DOCS_START, DOCS_END, section, heading=DOCS_HEADING)
     log(f"wrote {DOCS_PATH}")
 
 

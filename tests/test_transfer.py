@@ -8,10 +8,8 @@ import json
 import os
 import pty
 import shutil
-import socket
 import stat
 import subprocess
-import sys
 import time
 import tracemalloc
 from collections.abc import Iterator
@@ -32,10 +30,10 @@ from kvs.cli.transfer import (
     export_store,
     import_store,
 )
+from kvs.localservers import Cluster, RedisServer, free_port, script_command
 from kvs.store import Key, Value, WriteBatch
 
-_SCRIPT = Path(sys.executable).parent / "kvs"
-KVS = [str(_SCRIPT)] if _SCRIPT.exists() else [sys.executable, "-m", "kvs.cli.kvs"]
+KVS = script_command("kvs", "kvs.cli.kvs")
 
 #: Keys and values of every shape: str and bytes, empty, binary, non-ASCII, JSON specials.
 SAMPLE: dict[Key, Value] = {
@@ -633,79 +631,36 @@ def test_cli_progress_on_a_terminal_and_clean_data_on_stdout(tmp_path: Path) -> 
 # -- other engines ---------------------------------------------------------------------------
 
 
-def free_port() -> int:
-    """A free loopback port whose cluster bus port (``port + 10000``) is free too."""
-    while True:
-        with socket.socket() as probe, socket.socket() as bus:
-            probe.bind(("127.0.0.1", 0))
-            port: int = probe.getsockname()[1]
-            if port + 10000 > 65535:
-                continue
-            try:
-                bus.bind(("127.0.0.1", port + 10000))
-            except OSError:
-                continue
-            return port
-
-
-def start_redis(directory: Path, *, cluster: bool = False) -> tuple[subprocess.Popen[bytes], int]:
-    """A throw-away redis-server (no persistence) on a free port; with ``cluster``, a one-node
-    Redis Cluster that owns all 16,384 slots (cross-slot rules apply as on a real one)."""
-    binary = shutil.which("redis-server")
-    if binary is None:
+def require_redis_server() -> None:
+    if shutil.which("redis-server") is None:
         pytest.skip("needs redis-server")
-    port = free_port()
-    args = [binary, "--port", str(port), "--bind", "127.0.0.1", "--save", "", "--appendonly", "no"]
-    if cluster:
-        args += ["--cluster-enabled", "yes", "--cluster-config-file", f"nodes-{port}.conf"]
-    server = subprocess.Popen(
-        args, cwd=directory, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL
-    )
-    deadline = time.monotonic() + 15
-    try:
-        while True:
-            try:
-                with socket.create_connection(("127.0.0.1", port), timeout=1) as conn:
-                    if not cluster:
-                        break
-                    conn.sendall(b"CLUSTER ADDSLOTSRANGE 0 16383\r\n")
-                    conn.recv(100)
-                    conn.sendall(b"CLUSTER INFO\r\n")
-                    time.sleep(0.05)
-                    if b"cluster_state:ok" in conn.recv(4096):
-                        break
-            except OSError:
-                pass
-            if time.monotonic() > deadline or server.poll() is not None:
-                pytest.fail("redis-server did not start")
-            time.sleep(0.05)
-    except BaseException:
-        server.kill()
-        server.wait()
-        raise
-    return server, port
 
 
 @pytest.fixture
 def redis_url(tmp_path: Path) -> Iterator[str]:
-    server, port = start_redis(tmp_path)
+    """A throw-away redis-server (no persistence) on a free port."""
+    require_redis_server()
+    server = RedisServer(tmp_path / "redis-server", free_port())
     try:
-        yield f"redis://127.0.0.1:{port}/0"
+        server.start()
+        yield server.url
     finally:
-        server.kill()
-        server.wait(timeout=10)
+        server.stop()
 
 
 @pytest.fixture
 def redis_cluster_url(tmp_path: Path) -> Iterator[str]:
+    """A one-node Redis Cluster that owns all 16,384 slots (cross-slot rules apply as on a
+    real one)."""
     if not engine_available("redis"):
         pytest.skip("engine 'redis' is not registered yet")
-    server, port = start_redis(tmp_path, cluster=True)
+    require_redis_server()
+    cluster = Cluster(tmp_path / "redis-cluster", masters=1)
     try:
-        yield f"redis+cluster://127.0.0.1:{port}"
+        cluster.start()
+        yield cluster.url
     finally:
-        server.kill()
-        server.wait(timeout=10)
+        cluster.stop()
 
 
 @pytest.mark.parametrize("engine", ["memory", "sqlite", "redis"])

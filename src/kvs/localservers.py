@@ -2,14 +2,16 @@
 ``redis-server``, a ``kvs-server``, and a Redis Cluster (3 masters; or masters with replicas),
 each on free ports in a directory of its own.
 
-Not part of the store's API: ``tests/engines/redis_fixtures.py`` and ``bench/bench_engines.py``
-share it. Needs redis-py (to PING a server until it answers) and, for ``RedisServer`` and
-``Cluster``, ``redis-server`` and ``redis-cli`` on ``PATH``.
+Not part of the store's API: ``tests/engines/`` (``redis_fixtures.py``,
+``test_engine_commands.py``), ``tests/client/helpers.py``, ``tests/test_transfer.py`` and
+``bench/bench_engines.py`` share it. Needs redis-py (to PING a server until it answers) and,
+for ``RedisServer`` and ``Cluster``, ``redis-server`` and ``redis-cli`` on ``PATH``.
 
 Every process is started by ``Popen`` in a session of its own (so a Ctrl-C in the terminal
 reaches only the caller, whose ``finally`` stops it) and stopped with SIGKILL by ``stop``:
-the data is thrown away, nothing needs saving. ``stop`` is idempotent; a failed ``start``
-stops what it started. The caller removes the directories.
+the data is thrown away, nothing needs saving (``terminate`` is the clean shutdown, SIGTERM).
+``stop`` is idempotent; a failed ``start`` stops what it started. The caller removes the
+directories.
 """
 
 from __future__ import annotations
@@ -21,6 +23,7 @@ import sys
 import time
 from collections.abc import Sequence
 from pathlib import Path
+from typing import Self
 
 import redis
 
@@ -29,50 +32,55 @@ CLUSTER_TIMEOUT = 30.0
 #: ``--cluster-node-timeout``: how long until a silent master counts as failed (ms).
 NODE_TIMEOUT_MS = 2000
 
-_BIN = Path(sys.executable).parent
-#: How to run ``kvs-server``: the script next to this interpreter, else the module.
-KVS_SERVER = (
-    [str(_BIN / "kvs-server")]
-    if (_BIN / "kvs-server").exists()
-    else [sys.executable, "-m", "kvs.cli.server"]
-)
+
+def script_command(script: str, module: str) -> list[str]:
+    """How to run one of kvs's commands: the script ``script`` next to this interpreter (in
+    the same virtualenv), else ``python -m module``."""
+    path = Path(sys.executable).parent / script
+    return [str(path)] if path.exists() else [sys.executable, "-m", module]
 
 
-def free_port() -> int:
-    """A loopback port nothing listens on now; for a cluster node, ``port + 10000`` (its
-    cluster bus) must be free too."""
+KVS_SERVER = script_command("kvs-server", "kvs.cli.server")
+
+
+def free_port(host: str = "127.0.0.1") -> int:
+    """A port on ``host`` (a loopback address, IPv4 or IPv6) nothing listens on now; for a
+    cluster node, ``port + 10000`` (its cluster bus) must be free too."""
+    family = socket.AF_INET6 if ":" in host else socket.AF_INET
     while True:
-        with socket.socket() as sock:
-            sock.bind(("127.0.0.1", 0))
+        with socket.socket(family) as sock:
+            sock.bind((host, 0))
             port = int(sock.getsockname()[1])
         if port + 10000 > 65535:
             continue
-        with socket.socket() as bus:
+        with socket.socket(family) as bus:
             try:
-                bus.bind(("127.0.0.1", port + 10000))
+                bus.bind((host, port + 10000))
             except OSError:
                 continue
         return port
 
 
 class Process:
-    """A server process on ``127.0.0.1:port``, logging to ``directory/server.log``."""
+    """A server process on ``host:port`` (``127.0.0.1`` unless told), logging to
+    ``directory/server.log``."""
 
-    def __init__(self, directory: Path, port: int) -> None:
+    def __init__(self, directory: Path, port: int, host: str = "127.0.0.1") -> None:
         self.directory = directory
         self.port = port
+        self.host = host
         self.proc: subprocess.Popen[bytes] | None = None
         directory.mkdir(parents=True, exist_ok=True)
         self.log_path = directory / "server.log"
 
     @property
     def addr(self) -> str:
-        return f"127.0.0.1:{self.port}"
+        return f"[{self.host}]:{self.port}" if ":" in self.host else f"{self.host}:{self.port}"
 
     def command(self) -> list[str]:
         raise NotImplementedError
 
-    def start(self) -> Process:
+    def start(self) -> Self:
         """Start the process and wait until it answers PING; ``RuntimeError`` (with the end
         of its log) if it exits or stays silent for ``START_TIMEOUT`` seconds."""
         with open(self.log_path, "ab") as log:
@@ -92,6 +100,8 @@ class Process:
                 with self.client(socket_timeout=1.0) as client:
                     if client.ping():
                         return self
+            except redis.AuthenticationError:
+                return self  # it answers, and wants a password first (``--requirepass``)
             except redis.RedisError:
                 pass
             if time.monotonic() > deadline:
@@ -101,7 +111,7 @@ class Process:
 
     def client(self, **options: object) -> redis.Redis:
         """A plain client of this one process (no cluster redirections)."""
-        return redis.Redis(host="127.0.0.1", port=self.port, **options)  # type: ignore[arg-type]
+        return redis.Redis(host=self.host, port=self.port, **options)  # type: ignore[arg-type]
 
     def kill(self) -> None:
         """SIGKILL, as a crash: no shutdown, nothing saved. Idempotent."""
@@ -111,6 +121,21 @@ class Process:
             proc.wait(10)
 
     stop = kill
+
+    def terminate(self, timeout: float = 10.0) -> int | None:
+        """SIGTERM, a clean shutdown; SIGKILL if it has not exited after ``timeout`` seconds.
+        The exit status (``None`` if it was not started). Idempotent."""
+        proc, self.proc = self.proc, None
+        if proc is None:
+            return None
+        if proc.poll() is None:
+            proc.terminate()
+            try:
+                proc.wait(timeout)
+            except subprocess.TimeoutExpired:
+                proc.kill()
+                proc.wait(10)
+        return proc.returncode
 
     def log(self) -> str:
         try:
@@ -156,17 +181,18 @@ class RedisServer(Process):
 
 
 class KvsServerProcess(Process):
-    """``kvs-server --addr 127.0.0.1:PORT --dir DIR/data``, plus ``extra`` arguments
-    (``["--sync", "everysec"]``)."""
+    """``kvs-server --addr HOST:PORT --dir DIR/data``, plus ``extra`` arguments
+    (``["--sync", "everysec"]``). ``data`` is the store directory ``DIR/data``."""
 
-    def __init__(self, directory: Path, port: int, extra: Sequence[str] = ()) -> None:
-        super().__init__(directory, port)
+    def __init__(
+        self, directory: Path, port: int, extra: Sequence[str] = (), host: str = "127.0.0.1"
+    ) -> None:
+        super().__init__(directory, port, host)
         self.extra = list(extra)
+        self.data = directory / "data"
 
     def command(self) -> list[str]:
-        return [
-            *KVS_SERVER, "--addr", self.addr, "--dir", str(self.directory / "data"), *self.extra
-        ]  # fmt: skip
+        return [*KVS_SERVER, "--addr", self.addr, "--dir", str(self.data), *self.extra]
 
     @property
     def url(self) -> str:
@@ -175,8 +201,9 @@ class KvsServerProcess(Process):
 
 class Cluster:
     """A Redis Cluster of ``masters`` masters with ``replicas`` replicas each, made with
-    ``redis-cli --cluster create``; ``wait_ok`` polls ``CLUSTER INFO``. ``appendfsync`` is
-    every node's (see ``RedisServer``)."""
+    ``redis-cli --cluster create`` (which wants 3 masters at least; a single node instead
+    takes all 16,384 slots with ``CLUSTER ADDSLOTSRANGE``); ``wait_ok`` polls ``CLUSTER INFO``.
+    ``appendfsync`` is every node's (see ``RedisServer``)."""
 
     def __init__(
         self,
@@ -208,6 +235,11 @@ class Cluster:
         try:
             for node in self.nodes:
                 node.start()
+            if len(self.nodes) == 1:
+                with self.nodes[0].client(socket_timeout=CLUSTER_TIMEOUT) as client:
+                    client.execute_command("CLUSTER ADDSLOTSRANGE", 0, 16383)
+                self.wait_ok(self.nodes)
+                return self
             create = [
                 "redis-cli", "--cluster", "create",
                 *(node.addr for node in self.nodes),

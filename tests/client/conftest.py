@@ -18,7 +18,7 @@ def start_server(tmp_path: Path) -> Iterator[StartServer]:
     servers: list[ServerProcess] = []
 
     def start(*args: str, host: str = "127.0.0.1") -> ServerProcess:
-        server = ServerProcess(tmp_path / f"data{len(servers)}", *args, host=host)
+        server = ServerProcess(tmp_path / f"server{len(servers)}", *args, host=host)
         servers.append(server)
         return server.start()
 
@@ -32,7 +32,7 @@ def start_server(tmp_path: Path) -> Iterator[StartServer]:
 @pytest.fixture(scope="module")
 def shared_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[ServerProcess]:
     """One server for a whole module (starting one costs ~0.3 s); tests use distinct keys."""
-    server = ServerProcess(tmp_path_factory.mktemp("shared") / "data")
+    server = ServerProcess(tmp_path_factory.mktemp("shared"))
     try:
         yield server.start()
     finally:

@@ -1,8 +1,9 @@
 """The ``KvStore`` contract, run against every engine in ``CONTRACT_ENGINES`` (see conftest).
 
-What ``tests/test_store.py`` checks of the log engine that is not about its files: round trips,
-types, the dict protocol, scans, batches, TTLs, closing, reopening, threads. What an engine
-promises beyond the contract (limits, files, locks, sync policies) is in its own test module.
+The one place for what every engine, the log engine included, promises: round trips, types,
+the dict protocol, scans, batches, TTLs, closing, reopening, sync policies, threads. What an
+engine promises beyond the contract (limits, files, locks, rotation, compaction) is in its own
+test module (the log engine's: ``tests/test_store.py`` and ``tests/crash/``).
 """
 
 from __future__ import annotations

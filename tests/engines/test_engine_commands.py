@@ -4,27 +4,17 @@ rule that a directory is only ever opened with the engine whose data it holds.""
 from __future__ import annotations
 
 import os
-import signal
-import socket
 import subprocess
-import sys
-import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import pytest
-import redis
 
 from kvs import KvStore
 from kvs.engines.sqlite import DB_NAME, SqliteStore
+from kvs.localservers import KVS_SERVER, KvsServerProcess, free_port, script_command
 
-BIN = Path(sys.executable).parent
-KVS = [str(BIN / "kvs")] if (BIN / "kvs").exists() else [sys.executable, "-m", "kvs.cli.kvs"]
-KVS_SERVER = (
-    [str(BIN / "kvs-server")]
-    if (BIN / "kvs-server").exists()
-    else [sys.executable, "-m", "kvs.cli.server"]
-)
+KVS = script_command("kvs", "kvs.cli.kvs")
 
 
 def kvs(*args: str, cwd: Path) -> subprocess.CompletedProcess[str]:
@@ -88,54 +78,23 @@ def test_kvs_reports_a_locked_sqlite_store(tmp_path: Path) -> None:
 # -- kvs-server --------------------------------------------------------------------------------
 
 
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
-
-
-class Server:
-    def __init__(self, directory: Path, *args: str) -> None:
-        self.port = free_port()
-        self.log = directory.parent / f"server-{self.port}.log"
-        with open(self.log, "wb") as log:
-            self.proc = subprocess.Popen(
-                [*KVS_SERVER, "--addr", f"127.0.0.1:{self.port}", "--dir", str(directory), *args],
-                stdin=subprocess.DEVNULL,
-                stdout=log,
-                stderr=subprocess.STDOUT,
-            )
-        deadline = time.monotonic() + 15
-        while True:
-            if self.proc.poll() is not None:
-                raise AssertionError(f"kvs-server exited early:\n{self.log.read_text()}")
-            try:
-                socket.create_connection(("127.0.0.1", self.port), timeout=1).close()
-                break
-            except OSError:
-                if time.monotonic() > deadline:
-                    raise
-                time.sleep(0.02)
-
-    def client(self) -> redis.Redis:
-        return redis.Redis(port=self.port, socket_timeout=20, retry=None)
-
-    def stop(self) -> int:
-        """SIGTERM, and the exit status."""
-        self.proc.send_signal(signal.SIGTERM)
-        return self.proc.wait(20)
-
-    def kill(self) -> None:
-        if self.proc.poll() is None:
-            self.proc.kill()
-            self.proc.wait(10)
+StartServer = Callable[..., KvsServerProcess]
 
 
 @pytest.fixture
-def servers() -> Iterator[list[Server]]:
-    started: list[Server] = []
+def start_server() -> Iterator[StartServer]:
+    """``start_server(directory, *args)``: a started ``kvs-server --dir DIRECTORY/data ARGS``
+    (its ``data``); the test stops it with ``terminate`` (SIGTERM, the exit status), and
+    whatever still runs at teardown is killed."""
+    started: list[KvsServerProcess] = []
+
+    def start(directory: Path, *args: str) -> KvsServerProcess:
+        server = KvsServerProcess(directory, free_port(), args)
+        started.append(server)
+        return server.start()
+
     try:
-        yield started
+        yield start
     finally:
         for server in started:
             server.kill()
@@ -151,34 +110,35 @@ def refused(directory: Path, *args: str) -> subprocess.CompletedProcess[str]:
     )
 
 
-def test_server_serves_an_sqlite_store(tmp_path: Path, servers: list[Server]) -> None:
-    directory = tmp_path / "data"
-    servers.append(Server(directory, "--engine", "sqlite", "--sync", "always"))
-    client = servers[-1].client()
+def test_server_serves_an_sqlite_store(tmp_path: Path, start_server: StartServer) -> None:
+    server = start_server(tmp_path / "server", "--engine", "sqlite", "--sync", "always")
+    directory = server.data
+    client = server.client(socket_timeout=20, retry=None)
     assert client.set("k", "v") is True
     assert client.set("bin", b"\x00\xff") is True
     assert client.get("k") == b"v" and client.get("bin") == b"\x00\xff"
     assert client.delete("k") == 1 and client.get("k") is None
     assert client.info("server")["engine"] == "sqlite"
     client.close()
-    assert servers[-1].stop() == 0, servers[-1].log.read_text()
+    assert server.terminate(timeout=20) == 0, server.log()
     assert (directory / "kvs.engine").read_text() == "sqlite\n"
     with KvStore.open(str(directory), engine="sqlite") as store:
         assert store.get(b"bin") == b"\x00\xff" and store.get("k") is None
-    servers.append(Server(directory))  # no --engine: the directory's own
-    client = servers[-1].client()
+    server = start_server(tmp_path / "server")  # the same directory, no --engine: its own
+    client = server.client(socket_timeout=20, retry=None)
     assert client.get("bin") == b"\x00\xff"
     client.close()
-    assert servers[-1].stop() == 0
+    assert server.terminate(timeout=20) == 0, server.log()
 
 
 def test_server_refuses_a_directory_of_another_engine(
-    tmp_path: Path, servers: list[Server]
+    tmp_path: Path, start_server: StartServer
 ) -> None:
-    served = tmp_path / "served"
-    servers.append(Server(served))  # created with the default engine, kvs
-    servers[-1].client().set("k", "v")
-    assert servers[-1].stop() == 0
+    server = start_server(tmp_path / "server")  # created with the default engine, kvs
+    served = server.data
+    with server.client(socket_timeout=20, retry=None) as client:
+        client.set("k", "v")
+    assert server.terminate(timeout=20) == 0, server.log()
     done = refused(served, "--engine", "sqlite")
     assert done.returncode != 0 and "Traceback" not in done.stderr
     lines = done.stderr.strip().splitlines()

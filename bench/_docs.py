@@ -1,0 +1,37 @@
+"""The one place the benchmark scripts write their results into docs/benchmarks.md.
+
+Each script owns a section between two markers (``<!-- NAME-bench:start -->`` and
+``<!-- NAME-bench:end -->``); ``write_section`` replaces what is between them and leaves the
+rest of the file alone.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+REPO_ROOT = Path(__file__).resolve().parent.parent
+DOCS_PATH = REPO_ROOT / "docs" / "benchmarks.md"
+
+
+def write_section(
+    start: str,
+    end: str,
+    section: str,
+    *,
+    heading: str = "",
+    new_file: str = "# Benchmarks\n",
+    path: Path = DOCS_PATH,
+) -> None:
+    """Replace the text between the markers ``start`` and ``end`` in ``path`` with ``section``
+    (the markers stay). Without both markers the section is appended to the end, under
+    ``heading`` if one is given; a missing file is created with ``new_file`` first."""
+    block = f"{start}\n{section}{end}"
+    text = path.read_text(encoding="utf-8") if path.exists() else new_file
+    head, found_start, rest = text.partition(start)
+    _, found_end, tail = rest.partition(end)
+    if found_start and found_end:
+        text = head + block + tail
+    else:
+        text = text.rstrip("\n") + "\n\n" + (f"{heading}\n\n" if heading else "") + block + "\n"
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(text, encoding="utf-8")
