@@ -2,7 +2,8 @@
 
 Damaged (cut short, bits flipped), missing, stale (an older version of the same file's hint) or
 foreign (another file's hint renamed, or the hint of another store's file with the same number)
-hint files must all give exactly the key -> value map of a clean open.
+hint files must all give exactly the key -> value map of a clean open. A small hint is also cut
+at every offset and flipped at every byte, and must give the same ``stats()`` too.
 """
 
 from __future__ import annotations
@@ -11,9 +12,11 @@ import os
 import random
 import shutil
 import time
+from collections.abc import Callable
 from pathlib import Path
 
 import pytest
+from soakmode import soak_scale
 
 from .helpers import (
     Expected,
@@ -253,3 +256,110 @@ def test_sealed_data_files_get_hint_files(tmp_path: Path) -> None:
     sealed = data_files(path)[:-1]
     assert len(sealed) >= 4
     assert hint_files(path) == [hint_of(p) for p in sealed]
+
+
+@pytest.fixture(scope="module")
+def small_hint_store(
+    tmp_path_factory: pytest.TempPathFactory,
+) -> tuple[Path, Expected, dict[str, object]]:
+    """A store whose sealed first file has a small hint (tombstones and an expiry in it), its
+    clean map, and its clean ``stats()``."""
+    path = tmp_path_factory.mktemp("small-hint") / "store"
+    store = open_store(path, max_file_size=4096)
+    try:
+        store.set("old", "in an older file")
+        store.compact()  # "old" now sits in a file older than the one hinted below
+        store.set("a", "1")
+        store.set(b"b", b"\x00\x01")
+        store.set("t", "with ttl", ttl=3600)
+        store.remove("old")  # a tombstone in the hint hides the older file's value
+        store.update({b"x": b"1", b"y": b"2"})
+        store.set("fill", "f" * 3500)  # rotates: the file above is sealed and hinted
+        store.set("new", "in the newest file")
+    finally:
+        store.close()
+    files = data_files(path)
+    hinted = [f for f in files if os.path.exists(hint_of(f))]
+    assert len(hinted) == 1, hint_files(path)
+    store = open_store(path, max_file_size=4096)
+    try:
+        expected = contents(store)
+        stats = store.stats()
+    finally:
+        store.close()
+    assert b"old" not in expected and expected[b"t"] == "with ttl"
+    return path, expected, stats
+
+
+def open_and_compare_stats(work: Path, expected: Expected, stats: dict[str, object]) -> None:
+    store = open_store(work, max_file_size=4096)
+    try:
+        assert_contents(store, expected)
+        assert store.stats() == stats
+    finally:
+        store.close()
+
+
+def damage_every_way(
+    base: Path,
+    tmp_path: Path,
+    damage: Callable[[str, int, int], None],
+    offsets: range,
+    expected: Expected,
+    stats: dict[str, object],
+) -> int:
+    """For each offset, damage the hint of a fresh copy with ``damage(path, offset, size)``
+    and open it: the same map and stats as a clean open. Returns how many were tried."""
+    hint = hint_files(base)[0]
+    size = os.path.getsize(hint)
+    tried = 0
+    for offset in offsets:
+        work = Path(copy_dir(base, tmp_path / f"w{offset}"))
+        damaged = os.path.join(work, os.path.basename(hint))
+        damage(damaged, offset, size)
+        open_and_compare_stats(work, expected, stats)
+        shutil.rmtree(work)
+        tried += 1
+    return tried
+
+
+def test_small_hint_cut_at_every_offset_gives_the_same_map_and_stats(
+    small_hint_store: tuple[Path, Expected, dict[str, object]], tmp_path: Path
+) -> None:
+    base, expected, stats = small_hint_store
+    size = os.path.getsize(hint_files(base)[0])
+    assert size < 400  # small: every offset is cheap (about a second in all)
+
+    def cut(path: str, offset: int, _size: int) -> None:
+        write(path, read(path)[:offset])
+
+    assert damage_every_way(base, tmp_path, cut, range(size), expected, stats) == size
+
+
+def test_small_hint_with_each_byte_flipped_gives_the_same_map_and_stats(
+    small_hint_store: tuple[Path, Expected, dict[str, object]], tmp_path: Path
+) -> None:
+    """Every byte, one bit each (bit ``offset % 8``); every bit of every byte under --soak."""
+    base, expected, stats = small_hint_store
+    size = os.path.getsize(hint_files(base)[0])
+    bits = soak_scale(1, 8)
+
+    def flip(path: str, offset: int, _size: int) -> None:
+        byte, bit = divmod(offset, bits)
+        flip_bit(path, byte, (byte + bit) % 8)
+
+    assert damage_every_way(base, tmp_path, flip, range(size * bits), expected, stats)
+
+
+def test_small_hint_deleted_or_replaced_by_an_empty_file_gives_the_same_map_and_stats(
+    small_hint_store: tuple[Path, Expected, dict[str, object]], tmp_path: Path
+) -> None:
+    base, expected, stats = small_hint_store
+
+    def delete(path: str, offset: int, _size: int) -> None:
+        if offset == 0:
+            os.remove(path)
+        else:
+            write(path, b"")
+
+    assert damage_every_way(base, tmp_path, delete, range(2), expected, stats) == 2

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import signal
 import socket
 import threading
@@ -275,3 +276,144 @@ def test_second_server_on_the_same_directory_or_port(spawn: Spawn, tmp_path: Pat
     assert f"cannot listen on 127.0.0.1:{server.port}" in busy.stderr
     assert "Traceback" not in busy.stderr
     assert server.client().ping() is True
+
+
+# -- graceful shutdown in the middle of work (RELIABILITY.md A11) ---------------------------
+# test_graceful_stop_syncs_and_reopens_clean above signals an idle server. These signal it
+# while pipelined writes are streaming in, and while a background compaction is running.
+
+
+class PipelinedWriter(threading.Thread):
+    """Streams ``SET p<i> v<i>`` on one raw connection while reading the replies: ``acked``
+    counts the +OK replies received (for the first ``acked`` commands, in order)."""
+
+    def __init__(self, sock: socket.socket, prefix: str, count: int) -> None:
+        super().__init__(daemon=True)
+        self.sock = sock
+        self.prefix = prefix
+        self.payload = b"".join(
+            b"*3\r\n$3\r\nSET\r\n$%d\r\n%s\r\n$%d\r\n%s\r\n" % (len(k), k, len(v), v)
+            for k, v in ((f"{prefix}{i}".encode(), f"v{i}".encode() * 8) for i in range(count))
+        )
+        self.acked = 0
+        self.unexpected = b""
+
+    def run(self) -> None:
+        sender = threading.Thread(target=self._send, daemon=True)
+        sender.start()
+        tail = b""
+        try:
+            while True:
+                chunk = self.sock.recv(1 << 16)
+                if not chunk:
+                    break
+                data = tail + chunk
+                self.acked += data.count(b"+OK\r\n")
+                tail = data[data.rfind(b"\r\n") + 2 :] if b"\r\n" in data else data
+                if data.replace(b"+OK\r\n", b"") not in (b"", tail):
+                    self.unexpected += data
+        except OSError:
+            pass
+        sender.join(10)
+
+    def _send(self) -> None:
+        with contextlib.suppress(OSError):  # the server stopped reading and closed: expected
+            self.sock.sendall(self.payload)
+
+
+def _reopens_clean_with(spawn: Spawn, port: int, sync: str) -> redis.Redis:
+    restarted = spawn("--sync", sync, port=port)  # the lock was released, or this fails
+    log = restarted.log()
+    assert "WARNING" not in log and "torn" not in log.lower(), log
+    return restarted.client()
+
+
+@pytest.mark.parametrize("signum", [signal.SIGTERM, signal.SIGINT], ids=["SIGTERM", "SIGINT"])
+@pytest.mark.parametrize("sync", ["always", "everysec"])
+def test_signal_during_a_burst_of_pipelined_writes(spawn: Spawn, signum: int, sync: str) -> None:
+    server = spawn("--sync", sync)
+    writers = [PipelinedWriter(server.connect(timeout=30), f"c{n}:", 200_000) for n in range(3)]
+    for writer in writers:
+        writer.start()
+    deadline = time.monotonic() + 20
+    while min(w.acked for w in writers) < 2000 and time.monotonic() < deadline:
+        time.sleep(0.005)
+    server.signal(signum)
+    assert server.wait(30) == 0, server.log()
+    for writer in writers:
+        writer.join(30)
+        assert not writer.is_alive()
+        writer.sock.close()
+        assert writer.unexpected == b""
+    acked = [w.acked for w in writers]
+    assert min(acked) >= 2000 and max(acked) < 200_000, acked  # it was mid-burst
+    log = server.log()
+    assert "data synced and closed" in log and "Traceback" not in log, log
+    check = kvs_check(server.directory)
+    assert check.returncode == 0 and "0 problems" in check.stdout, check.stdout + check.stderr
+    client = _reopens_clean_with(spawn, server.port, sync)
+    for writer in writers:
+        n = writer.acked
+        keys = [f"{writer.prefix}{i}" for i in range(n)]
+        values = client.mget(keys)
+        missing = [k for k, v in zip(keys, values, strict=True) if v is None]
+        assert not missing, f"{len(missing)} acknowledged writes lost, e.g. {missing[:3]}"
+        assert values[-1] == f"v{n - 1}".encode() * 8
+        # Every write the server ran was answered before it closed: nothing beyond.
+        assert client.exists(f"{writer.prefix}{n}") == 0
+    assert client.dbsize() == sum(acked)
+
+
+@pytest.mark.parametrize("signum", [signal.SIGTERM, signal.SIGINT], ids=["SIGTERM", "SIGINT"])
+def test_signal_during_a_compaction(spawn: Spawn, signum: int) -> None:
+    """Overwrite 1 MiB values until a background compaction is writing its output (its
+    ``.tmp`` files exist), then signal: the server exits 0, and every key holds its last
+    acknowledged value (or the one in flight) after a clean reopen."""
+    server = spawn()
+    directory = server.directory
+    client = server.client(socket_timeout=30)
+    keys = [f"big{i}" for i in range(24)]
+    last: dict[str, int] = {}
+    in_flight: dict[str, int] = {}
+    stop = threading.Event()
+    errors: list[BaseException] = []
+
+    def big(key: str, n: int) -> bytes:
+        return f"{key}={n};".encode().ljust(1 << 20, b".")
+
+    def overwrite() -> None:
+        n = 0
+        try:
+            while not stop.is_set():
+                for key in keys:
+                    n += 1
+                    in_flight[key] = n
+                    client.set(key, big(key, n))
+                    last[key] = n
+        except (redis.ConnectionError, redis.TimeoutError, OSError):
+            pass  # the server went away: expected
+        except BaseException as error:
+            errors.append(error)
+
+    writer = threading.Thread(target=overwrite, daemon=True)
+    writer.start()
+    deadline = time.monotonic() + 60
+    while not list(directory.glob("*.tmp")):
+        assert time.monotonic() < deadline, "no compaction started"
+        assert writer.is_alive(), errors
+        time.sleep(0.0005)
+    server.signal(signum)
+    assert server.wait(60) == 0, server.log()
+    stop.set()
+    writer.join(30)
+    assert not errors, errors
+    log = server.log()
+    assert "data synced and closed" in log and "Traceback" not in log, log
+    check = kvs_check(directory)
+    problems = check.stdout.splitlines()[:-1]
+    assert problems == [] and "checked" in check.stdout, check.stdout + check.stderr
+    client = _reopens_clean_with(spawn, server.port, "everysec")
+    assert len(last) == len(keys)
+    for key in keys:
+        got = client.get(key)
+        assert got in (big(key, last[key]), big(key, in_flight[key])), (key, (got or b"")[:20])

@@ -108,7 +108,14 @@ def _check(fs: FileSystem, directory: str) -> Report:
                 continue
             header = record.decode_file_header(head)
             if isinstance(header, str):
-                report.problems.append(Problem("corruption", path, 0, header))
+                # As opening does: a bad newest header with no valid record after it is a
+                # creation a crash or power cut interrupted, not damage.
+                interrupted = (
+                    newest
+                    and record.find_valid_record(buffer, record.FILE_HEADER_SIZE, size) is None
+                )
+                kind: ProblemKind = "torn-tail" if interrupted else "corruption"
+                report.problems.append(Problem(kind, path, 0, header))
                 continue
             nonces[file_id] = (header.nonce, size)
             try:

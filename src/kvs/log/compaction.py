@@ -14,7 +14,8 @@
    crash between renames leaves some outputs under their final names, which is harmless: they
    hold copies of records that are still in the inputs, and are read after them.
 3. The engine re-points index entries that still hold the snapshot location (a key written
-   during the merge keeps its newer location) and then deletes the inputs, **oldest first**:
+   during the merge keeps its newer location) and then deletes the inputs, **oldest first**,
+   each deletion made durable (directory fsync) before the next:
    whatever prefix of them a crash leaves behind, every key's newest record is in an output or
    a later file, and every tombstone still needed sits in a file newer than the value it hides.
 """

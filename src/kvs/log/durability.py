@@ -71,6 +71,11 @@ class Durability:
     def synced(self) -> int:
         return self._synced
 
+    @property
+    def error(self) -> BaseException | None:
+        """The error of the last sync that failed, if any."""
+        return self._error
+
     def mark_synced(self, position: int) -> None:
         """Note that everything up to ``position`` is durable (e.g. after a rotation)."""
         with self._lock:

@@ -217,8 +217,11 @@ class LogStore(KvStore):
         self._lock_handle = self._take_lock()
         try:
             self._open_files()
-        except BaseException:
-            self._lock_handle.close()
+        except BaseException as error:
+            with contextlib.suppress(OSError):  # a failed close still frees the descriptor
+                self._lock_handle.close()
+            if isinstance(error, OSError) and not isinstance(error, KvsError):
+                raise StorageError(getattr(error, "filename", None) or self.path, error) from None
             raise
         self._durability = Durability(sync, self._sync_active, self._on_sync_failure)
         _open_stores.add(self)
@@ -234,7 +237,12 @@ class LogStore(KvStore):
                 handle = fs.lock(lock_path)
             except BlockingIOError:
                 raise StoreLockedError(self.path, self._read_owner(lock_path)) from None
-            handle.write_owner(f"{os.getpid()}\n")
+            try:
+                handle.write_owner(f"{os.getpid()}\n")
+            except BaseException:
+                with contextlib.suppress(OSError):
+                    handle.close()
+                raise
         except OSError as error:
             if isinstance(error, KvsError):
                 raise
@@ -269,6 +277,11 @@ class LogStore(KvStore):
                 assert newest.reader is not None
                 newest.reader.close()
                 self._fs.truncate(newest.path, newest.end)
+                if newest.end >= self._max_file_size:
+                    # Sealed now, with newer files to come: the cut must be durable, or a power
+                    # cut brings the torn tail back in a file that is no longer the newest,
+                    # where it reads as corruption. (Closing an append handle syncs.)
+                    self._fs.open_append(newest.path, newest.end).close(newest.end)
                 newest.reader = self._fs.open_read(newest.path)
             for state in found.files:
                 if state is newest and state.end < self._max_file_size:
@@ -290,12 +303,23 @@ class LogStore(KvStore):
         except BaseException:
             for state in found.files:
                 if state.reader is not None:
-                    state.reader.close()
+                    with contextlib.suppress(OSError):  # released either way
+                        state.reader.close()
+            if getattr(self, "_active_open", False):
+                self._active_open = False
+                with contextlib.suppress(OSError):
+                    self._active.close(self._off)
             raise
         self._live = sum(location_sizes(self._index.values()))
         self._compact_at = self._compaction_threshold()
 
     def _set_active(self, state: FileState, handle: AppendFile) -> None:
+        try:
+            limit = handle.reserve(state.end)
+        except BaseException:
+            with contextlib.suppress(OSError):  # not in use yet: nothing to lose
+                handle.close(state.end)
+            raise
         self._active_state = state
         self._active = handle
         self._active_open = True
@@ -303,7 +327,7 @@ class LogStore(KvStore):
         self._base = state.file_id << 64
         self._off = state.end
         self._total += state.end - record.FILE_HEADER_SIZE
-        self._limit = handle.reserve(state.end)
+        self._limit = limit
         self._views[state.file_id] = handle.buffer
 
     def _start_new_active(self, capacity: int, reserve_ids: int = 0) -> None:
@@ -478,7 +502,10 @@ class LogStore(KvStore):
         if end > self._limit:
             offset = self._make_room(size)
             end = offset + size
-        self._buffer[offset:end] = rec
+        try:
+            self._buffer[offset:end] = rec
+        except OSError as error:
+            self._write_failed(error)
         self._off = end
         index = self._index
         old = index.get(raw_key)
@@ -589,8 +616,19 @@ class LogStore(KvStore):
         """Copy a batch record in: the header first, on its own, so that a crash in the middle
         leaves either no valid header or a valid one that says how far the torn batch
         reaches (see kvs.log.record). Requires ``_lock``."""
-        self._buffer[offset : offset + _HEAD] = container[:_HEAD]
-        self._buffer[offset + _HEAD : offset + len(container)] = container[_HEAD:]
+        try:
+            self._buffer[offset : offset + _HEAD] = container[:_HEAD]
+            self._buffer[offset + _HEAD : offset + len(container)] = container[_HEAD:]
+        except OSError as error:
+            self._write_failed(error)
+
+    def _write_failed(self, error: OSError) -> NoReturn:
+        """A copy into the active file's map failed (only a fault-injecting seam reports
+        that; a real map would raise SIGBUS): nothing was published, the call fails, and the
+        next write goes to the same offset."""
+        if isinstance(error, KvsError):
+            raise error
+        raise StorageError(self._active.path, error) from None
 
     def _check_limits(self, raw_key: bytes, raw_value: bytes) -> None:
         if len(raw_key) > self._max_key:
@@ -622,7 +660,10 @@ class LogStore(KvStore):
             offset = self._off
             if offset + size > self._limit:
                 offset = self._make_room(size)
-            self._buffer[offset : offset + size] = rec
+            try:
+                self._buffer[offset : offset + size] = rec
+            except OSError as error:
+                self._write_failed(error)
             self._off = offset + size
             del self._index[raw_key]
             self._expiry.pop(raw_key, None)
@@ -765,7 +806,11 @@ class LogStore(KvStore):
         # Map the file read-only before the writable map goes, so that readers always have
         # one; a failure up to here changes nothing. (The new map may extend past the end the
         # file is cut to below; nothing past ``state.end`` is ever read.)
-        self._active.sync()
+        try:
+            self._active.sync()
+        except OSError as error:  # never retried silently (docs/format.md section 14)
+            self._failure = f"fsync of {state.path} failed: {error}"
+            raise
         self._durability_mark(self._pos_base + state.end)
         reader = self._fs.open_read(state.path)
         state.reader = reader
@@ -890,7 +935,8 @@ class LogStore(KvStore):
                 readers[out.file_id] = fs.open_read(out.path)
         except BaseException as error:
             for reader in readers.values():
-                reader.close()
+                with contextlib.suppress(OSError):  # released either way
+                    reader.close()
             # Outputs renamed before the failure are on disk and will be read at the next
             # open; they must be tracked (and compacted away later) like any sealed file, or a
             # later compaction could drop a tombstone that hides their old values.
@@ -921,6 +967,11 @@ class LogStore(KvStore):
         # back once a later compaction dropped the tombstones that hide them.)
         for position, state in enumerate(inputs):
             try:
+                if position:
+                    # The previous deletion durable first: a file system may persist directory
+                    # changes out of order, and a newer input gone while an older one stays
+                    # would bring back the values its tombstones hid.
+                    fs.fsync_dir(self.path)
                 fs.remove(state.path)
             except OSError as error:
                 with self._lock:
@@ -936,7 +987,10 @@ class LogStore(KvStore):
             # A hint left behind (this failing) is removed as an orphan at the next open.
             with contextlib.suppress(OSError):
                 fs.remove(filenames.hint_file(self.path, state.file_id))
-        fs.fsync_dir(self.path)
+        try:
+            fs.fsync_dir(self.path)
+        except OSError as error:
+            raise StorageError(self.path, error) from None
 
     def _adopt_leftover_outputs(self, output_range: range) -> None:
         """Track the outputs a failed compaction left under their final names. If that fails
@@ -991,13 +1045,18 @@ class LogStore(KvStore):
         with self._compaction_lock, self._lock:
             if self._closed:
                 return
+            failed_before = self._durability.error
             self._durability.sync_now()  # covers writers still waiting under sync="always"
+            sync_error = self._durability.error
             self._closed = True
             self._failure = self._failure or f"store {self.path} is closed"
             self._durability.stop()
             errors: list[BaseException] = []
+            if sync_error is not failed_before and isinstance(sync_error, StorageError):
+                errors.append(sync_error)  # the last writes may not be durable: say so
             for job in list(self._pending_hints.values()):
-                _write_hint(self._fs, self.path, job)
+                if job.state.file_id in self._sealed:  # not a file compaction just deleted
+                    _write_hint(self._fs, self.path, job)
             self._pending_hints.clear()
             with self._sync_lock:
                 state = self._active_state
@@ -1016,7 +1075,8 @@ class LogStore(KvStore):
                         _write_hint(self._fs, self.path, self._hint_job_for_active())
             for sealed in self._sealed.values():
                 if sealed.reader is not None:
-                    sealed.reader.close()
+                    with contextlib.suppress(OSError, BufferError):  # unmapped either way
+                        sealed.reader.close()
             self._disown(f"store {self.path} is closed")
             try:
                 self._lock_handle.close()
@@ -1024,7 +1084,11 @@ class LogStore(KvStore):
                 errors.append(error)
             _open_stores.discard(self)
         if errors:
-            raise StorageError(self._active.path, errors[0]) from errors[0]  # type: ignore[arg-type]
+            first = errors[0]
+            if isinstance(first, KvsError):
+                raise first
+            path = getattr(first, "filename", None) or self._active.path
+            raise StorageError(path, first) from first  # type: ignore[arg-type]
 
     def _disown(self, reason: str) -> None:
         """Make every further use raise ``StoreClosedError(reason)`` (close, or after fork)."""

@@ -12,20 +12,21 @@ The rules, in order (``docs/format.md`` has the long form):
    space never written): it is cut off, with one warning. (The complete members of a torn
    batch belong to it and do not count as records after it.) With valid records after it, or
    in any older file, it is damage: ``CorruptionError`` naming the file and offset.
-5. A newest data file whose header is incomplete or all zeros (a crash while creating it) is
-   removed. Any other bad header is ``CorruptionError``; a header of another format version
-   is ``FormatError``.
+5. A newest data file whose header is incomplete or all zeros, or invalid with no valid
+   record after it (a crash or power cut while creating it), is removed. Any other bad header
+   is ``CorruptionError``; a header of another format version is ``FormatError``.
 6. An expired record counts as a tombstone for its key.
 """
 
 from __future__ import annotations
 
+import contextlib
 import logging
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass, field
 from itertools import repeat
 
-from kvs.errors import CorruptionError
+from kvs.errors import CorruptionError, FormatError
 from kvs.log import filenames, hintfile, record
 from kvs.log.filenames import FileKind
 from kvs.log.fs import FileSystem, ReadFile
@@ -98,11 +99,18 @@ def recover(fs: FileSystem, directory: str) -> Recovered:
     out = Recovered(next_id=highest + 1)
     data_ids.sort()
     clock = now_ms()
-    for position, file_id in enumerate(data_ids):
-        newest = position == len(data_ids) - 1
-        state = _load_file(fs, directory, file_id, newest, file_id in hint_ids, out, clock)
-        if state is not None:
-            out.files.append(state)
+    try:
+        for position, file_id in enumerate(data_ids):
+            newest = position == len(data_ids) - 1
+            state = _load_file(fs, directory, file_id, newest, file_id in hint_ids, out, clock)
+            if state is not None:
+                out.files.append(state)
+    except BaseException:
+        for state in out.files:  # no open store: release every map taken so far
+            if state.reader is not None:
+                with contextlib.suppress(OSError):
+                    state.reader.close()
+        raise
     return out
 
 
@@ -128,10 +136,21 @@ def _load_file(
         return None
     try:
         header = record.decode_file_header(head)
+    except FormatError as error:  # name the file: the message alone does not
+        reader.close()
+        raise FormatError(f"{path}: {error}") from None
     except BaseException:
         reader.close()
         raise
     if isinstance(header, str):
+        if newest and record.find_valid_record(buffer, record.FILE_HEADER_SIZE, size) is None:
+            # A power cut can keep part of an unsynced header, or garbage in its place; with
+            # no valid record after it, the file never held anything (records go in only
+            # after the header is synced), so this too is an interrupted creation.
+            log.warning("removing %s: a crash interrupted its creation (%s)", path, header)
+            reader.close()
+            fs.remove(path)
+            return None
         reader.close()
         raise CorruptionError(path, 0, header)
     if header.file_id != file_id:
@@ -142,7 +161,10 @@ def _load_file(
     start = record.FILE_HEADER_SIZE
     if has_hint:
         hint_path = filenames.hint_file(directory, file_id)
-        hint = hintfile.decode(fs.read_bytes(hint_path))
+        try:
+            hint = hintfile.decode(fs.read_bytes(hint_path))
+        except OSError as error:  # a hint is never needed: read the data file instead
+            hint = f"cannot read it ({error})"
         if isinstance(hint, str):
             log.warning("ignoring %s: %s; scanning the data file instead", hint_path, hint)
         elif hint.data_file_id != file_id or hint.data_nonce != header.nonce:

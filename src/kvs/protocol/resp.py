@@ -139,6 +139,8 @@ _DQ_ESCAPES: Final = {b"n": b"\n", b"r": b"\r", b"t": b"\t", b"b": b"\b", b"a": 
 _BLANKS: Final = b" \t\n\x0b\x0c\r"
 # Placeholder for "no partial request"; never appended to (a request starts a fresh list).
 _NO_ARGS: Final[list[bytes]] = []
+#: A buffer larger than this is freed as soon as all of it is parsed (see next_command).
+_RELEASE_AT: Final = 1 << 20
 _QUOTES: Final = b"\"'"
 
 
@@ -424,6 +426,11 @@ class RespParser:
                 self._args = args
                 self._held += sum(map(len, islice(args, counted, None)))
                 return None
+            if pos == end and end > _RELEASE_AT:
+                # All consumed: free a large buffer now rather than at the next feed(), so a
+                # 500 MiB SET does not hold a second copy of its value while it is stored.
+                del buf[:]
+                pos = 0
             self._pos = pos
             if self._remaining:
                 # This call finished a request an earlier call had begun: back to "between

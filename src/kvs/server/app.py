@@ -9,7 +9,10 @@ adds what a socket needs and the pure layers do not know about:
   ``fsync`` for all of them, then sends them (Redis's ``appendfsync always`` does the same).
 * **Back-pressure**: when a connection's unsent replies pass the transport's high-water mark,
   the server stops reading from it, so a client that sends and never reads cannot make the
-  server buffer without bound; past ``max_output_buffer`` the connection is closed.
+  server buffer without bound (what it holds for such a client is about the high-water mark
+  plus the one reply being written); if the replies piled up behind the one being written
+  pass ``max_output_buffer``, the connection is closed. One reply may be larger than that
+  limit (a GET of a value up to the 512 MiB bulk limit) and is still delivered.
 * **Limits**: ``maxclients``; the parser's (bulk, arguments, inline, query buffer); a client
   must send a complete first command within ``handshake_timeout`` seconds (against
   slow-loris connections that would otherwise hold a slot forever).
@@ -72,6 +75,7 @@ class _Connection(asyncio.Protocol):
         self.parser: RespParser | None = None
         self.handshake: asyncio.TimerHandle | None = None
         self.paused = False  # the client is not reading its replies (pause_writing)
+        self.writing = 0  # size of the payload being handed to transport.write()
         self.backlog = False  # commands read but not run yet (reading is paused meanwhile)
 
     # asyncio callbacks --------------------------------------------------------------------
@@ -119,7 +123,11 @@ class _Connection(asyncio.Protocol):
         assert self.transport is not None
         self.paused = True
         self.transport.pause_reading()
-        if self.transport.get_write_buffer_size() > self.server.limits.max_output_buffer:
+        # The limit is on what piles up behind the reply being written, not on that reply:
+        # a GET of a value up to the bulk limit (512 MiB) is larger than the output limit
+        # (256 MiB) and must still be deliverable. Back-pressure stops further replies.
+        backlog = self.transport.get_write_buffer_size() - self.writing
+        if backlog > self.server.limits.max_output_buffer:
             log.warning("closing client %s: output buffer limit reached", self._peer())
             self.transport.abort()
 
@@ -216,7 +224,11 @@ class _Connection(asyncio.Protocol):
         if transport is None or transport.is_closing():
             return
         if payload:
-            transport.write(payload)
+            self.writing = len(payload)  # pause_writing() runs inside write()
+            try:
+                transport.write(payload)
+            finally:
+                self.writing = 0
         if session is not None and session.closing:
             transport.close()
 

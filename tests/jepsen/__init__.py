@@ -1,0 +1,1 @@
+"""Jepsen-lite tests of kvs-server (RELIABILITY.md D6)."""
