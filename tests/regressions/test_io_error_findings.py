@@ -199,3 +199,32 @@ def test_failed_unmap_after_a_failed_compaction_keeps_the_typed_error(tmp_path: 
     with pytest.raises(KvsError):
         store.close()
     assert fds_on(tmp_path) == [] and fs.misuse == []
+
+
+def test_a_writer_told_its_fsync_failed_finds_the_store_already_read_only() -> None:
+    """Found by the soak (io component, sync=always, persistent ENOSPC): the group-commit
+    thread woke the waiting writers with the fsync error *before* it turned the store
+    read-only, so a writer that got ReadOnlyError could send its next write past the read-only
+    check, where it met the disk error again as a plain StorageError (or, with a one-off
+    fault, was written to the file). The store is now read-only before any waiter wakes."""
+    import threading
+    import time
+
+    from kvs.log.durability import Durability
+
+    read_only = threading.Event()
+
+    def failing_sync() -> int:
+        raise StorageError(errno.EIO, "injected", "data")
+
+    def slow_on_failure(error: BaseException) -> None:
+        time.sleep(0.2)  # the flusher thread descheduled right here
+        read_only.set()
+
+    durability = Durability("always", failing_sync, slow_on_failure)
+    try:
+        with pytest.raises(ReadOnlyError):
+            durability.wait(100)
+        assert read_only.is_set(), "the writer woke before the store turned read-only"
+    finally:
+        durability.stop()

@@ -123,6 +123,10 @@ class Durability:
             covered = self._sync()
         except BaseException as exc:  # handed to the store, and to every waiter
             error = exc
+        if error is not None:
+            # The store turns read-only before any waiter wakes: a writer told its write failed
+            # must not get its next write past the read-only check (found by the soak).
+            self._on_failure(error)
         with self._lock:
             self._syncing = False
             if covered is not None and covered > self._synced:
@@ -130,8 +134,6 @@ class Durability:
             if error is not None:
                 self._error = error
             self._done.notify_all()
-        if error is not None:
-            self._on_failure(error)
 
     def _every_second(self) -> None:
         while True:
