@@ -36,6 +36,14 @@ line ending in ``\\n`` or ``\\r\\n``, split into words as Redis's ``sdssplitargs
   - the line is read as a C string, so a NUL byte ends it (what follows is ignored);
   - an empty or all-blank line is skipped, not returned.
 
+How: :meth:`RespParser.next_command` first tries a read-ahead fast path, which splits the
+buffered bytes into CRLF-terminated lines once (in C) and takes every complete request whose
+framing is canonical by comparing its length lines with the expected ones; anything else (an
+error, a payload holding CRLF, an inline request, a partial request, a count above 1024) is
+left to the request-at-a-time path, which reads each line as Redis does and gives the errors
+below. The two agree byte for byte (tests/protocol/test_resp_readahead.py); the fast path
+is what makes a pipeline of small commands cheap.
+
 Limits (all constructor arguments; the defaults are Redis's)
 ============================================================
 
@@ -50,8 +58,9 @@ Limits (all constructor arguments; the defaults are Redis's)
   string`` / ``too big bulk count string``. Either error is raised as soon as the buffered
   bytes prove the line too long, without waiting for its end.
 - ``max_buffer`` (1 GiB, Redis's ``client-query-buffer-limit``): :meth:`RespParser.feed` raises
-  ``query buffer limit exceeded`` if the bytes it holds (unparsed input plus the arguments
-  already read of an unfinished command) would exceed it. (Redis closes such a client
+  ``query buffer limit exceeded`` if the bytes it holds (unparsed input, the arguments
+  already read of an unfinished command, and the requests read ahead but not yet returned)
+  would exceed it. (Redis closes such a client
   without a reply; this text is for the log.)
 - Unauthenticated clients (:meth:`RespParser.set_unauthenticated`, as Redis does when a
   password is set, CVE-2021-32675): a multibulk count above 10 -> ``unauthenticated
@@ -141,6 +150,14 @@ _BLANKS: Final = b" \t\n\x0b\x0c\r"
 _NO_ARGS: Final[list[bytes]] = []
 #: A buffer larger than this is freed as soon as all of it is parsed (see next_command).
 _RELEASE_AT: Final = 1 << 20
+# The read-ahead fast path (RespParser._parse_ahead) accepts only canonical framing, which it
+# recognises by table lookup: "*<n>" for these counts, "$<len>" for lengths below the second.
+_COUNT_LINES: Final = {b"*%d" % n: n for n in range(1, 1025)}
+_BULK_LINES: Final = tuple(b"$%d" % n for n in range(4096))
+# It looks at most this far ahead per call (one copy and one split of that many bytes), and
+# only when the limits leave room for every line it accepts ("$" + 10 digits, "*1024").
+_AHEAD: Final = 256 * 1024
+_AHEAD_MIN_LINE: Final = 16
 _QUOTES: Final = b"\"'"
 
 
@@ -222,6 +239,7 @@ class RespParser:
         "_args",
         "_buf",
         "_bulk_limit",
+        "_bulk_lines",
         "_bulklen",
         "_count_limit",
         "_error",
@@ -231,7 +249,9 @@ class RespParser:
         "_max_bulk_len",
         "_max_inline_len",
         "_pos",
+        "_ready",
         "_remaining",
+        "_slow_until",
         "_unauthenticated",
     )
 
@@ -256,9 +276,16 @@ class RespParser:
         self._max_args = max_args
         self._max_inline_len = max_inline_len
         self._max_buffer = max_buffer
-        self.set_unauthenticated(unauthenticated)
         self._buf = bytearray()
         self._pos = 0  # read offset into _buf; bytes before it are consumed
+        # Requests parsed ahead by _parse_ahead and not returned yet, last one first; their
+        # bytes are already consumed from _buf (so they count in buffered_bytes apart).
+        self._ready: list[list[bytes]] = []
+        # No read-ahead before this offset of _buf: the last attempt got that far, and the
+        # slow path must take over there (so no byte is ever looked at twice by the fast path).
+        self._slow_until = 0
+        self._unauthenticated = False
+        self.set_unauthenticated(unauthenticated)
         # State of a multibulk request that is only partly buffered, as in Redis's client
         # struct: bulks still to read (0 = between requests), the length of the bulk whose
         # header was read (-1 = none), the arguments read so far and their total size.
@@ -275,6 +302,14 @@ class RespParser:
 
     def set_unauthenticated(self, unauthenticated: bool) -> None:
         """Apply (True) or lift (False) the pre-AUTH limits, for the requests not yet parsed."""
+        if unauthenticated and not self._unauthenticated and self._ready:
+            # Tighter limits: requests parsed ahead under the old ones go back to the buffer,
+            # to be parsed again under the new. Read-ahead takes only canonical framing, so
+            # re-encoding gives back the very bytes it consumed.
+            data = b"".join(encode_command(args) for args in reversed(self._ready))
+            self._ready.clear()
+            self._buf[self._pos : self._pos] = data
+            self._slow_until = 0
         self._unauthenticated = unauthenticated
         # One comparison per count or length on the hot path; which error, only on failure.
         if unauthenticated:
@@ -283,11 +318,23 @@ class RespParser:
         else:
             self._count_limit = self._max_args
             self._bulk_limit = self._max_bulk_len
+        # The length lines read-ahead may accept by lookup alone: none above the limit.
+        self._bulk_lines = _BULK_LINES[: self._bulk_limit + 1]
 
     @property
     def buffered_bytes(self) -> int:
-        """Bytes held: unparsed input plus the arguments read of an unfinished command."""
-        return len(self._buf) - self._pos + self._held
+        """Bytes held: unparsed input, the arguments read of an unfinished command, and the
+        requests parsed ahead but not returned yet (counted as the bytes they came from)."""
+        return len(self._buf) - self._pos + self._held + self._ready_bytes()
+
+    def _ready_bytes(self) -> int:
+        """The wire size of the requests parsed ahead and not returned yet."""
+        if not self._ready:
+            return 0
+        return sum(
+            len(b"*%d" % len(args)) + 2 + sum(len(b"$%d" % len(a)) + len(a) + 4 for a in args)
+            for args in self._ready
+        )
 
     def _fail(self, message: str) -> ProtocolError:
         self._error = ProtocolError(message)
@@ -302,13 +349,15 @@ class RespParser:
             return
         buf = self._buf
         pos = self._pos
-        if len(buf) - pos + self._held + size > self._max_buffer:
+        held = self._held + self._ready_bytes() if self._ready else self._held
+        if len(buf) - pos + held + size > self._max_buffer:
             raise self._fail(_BUFFER_LIMIT)
         if pos:
             # Compact once per feed, not per command. Deleting a bytearray's head is cheap in
             # CPython (it moves the start pointer), and what remains is one partial request.
             del buf[:pos]
             self._pos = 0
+            self._slow_until = max(0, self._slow_until - pos)
         buf += data
 
     def next_command(self) -> list[bytes] | None:
@@ -318,6 +367,16 @@ class RespParser:
         """
         if self._error is not None:
             raise self._error
+        ready = self._ready
+        if ready:
+            return ready.pop()
+        if self._pos >= len(self._buf):
+            return None  # nothing buffered (the slow path would say so, a little later)
+        if not self._remaining and self._pos >= self._slow_until:
+            self._parse_ahead()
+            ready = self._ready
+            if ready:
+                return ready.pop()
         buf = self._buf
         end = len(buf)
         pos = self._pos
@@ -431,6 +490,7 @@ class RespParser:
                 # 500 MiB SET does not hold a second copy of its value while it is stored.
                 del buf[:]
                 pos = 0
+                self._slow_until = 0
             self._pos = pos
             if self._remaining:
                 # This call finished a request an earlier call had begun: back to "between
@@ -440,6 +500,83 @@ class RespParser:
                 self._args = _NO_ARGS  # the caller owns the list now
                 self._held = 0
             return args
+
+    def _parse_ahead(self) -> None:
+        """The fast path: parse, in one go, the complete requests at the read position whose
+        framing is canonical (``*<n>\\r\\n`` then ``$<len>\\r\\n<payload>\\r\\n`` with no sign,
+        no leading zero, n and len within the limits), into ``_ready``.
+
+        It never raises and never accepts anything the slow path would not: it stops at the
+        first request it cannot vouch for (an error, a payload holding ``\\r\\n``, an inline
+        request, one not complete yet...) and leaves it, and everything up to the end of the
+        bytes it looked at, to the slow path (``_slow_until``), which gives the same result
+        or Redis's error. One split of the buffer into lines does the work in C; each
+        request's lines are then checked by comparing them with the expected ones.
+        """
+        buf = self._buf
+        pos = self._pos
+        end = len(buf)
+        if pos >= end or buf[pos] != 42 or self._max_inline_len < _AHEAD_MIN_LINE:
+            return  # nothing, an inline request, or count lines limited below "*1024"
+        stop = min(end, pos + _AHEAD)
+        if pos == 0 and stop == end:
+            lines = bytes(buf).split(b"\r\n")  # the usual case: feed() compacted the buffer
+        else:
+            with memoryview(buf) as view:
+                lines = view[pos:stop].tobytes().split(b"\r\n")
+        self._slow_until = stop
+        last = len(lines) - 1  # lines[last] is not terminated: never used
+        count_limit = self._count_limit
+        bulk_limit = self._bulk_limit
+        counts = _COUNT_LINES.get
+        expected_line = self._bulk_lines.__getitem__
+        commands: list[list[bytes]] = []
+        i = 0
+        while i < last:
+            count = counts(lines[i])
+            if count is None or count > count_limit:
+                break
+            following = i + 2 * count + 1
+            if following > last:
+                break  # not complete (or not canonical): the slow path decides
+            args = lines[i + 2 : following : 2]
+            # Each length line must be exactly the one for its payload as split; a payload
+            # holding "\r\n" was split short, so its line does not match either.
+            try:
+                if count == 3:  # SET: spelt out, the common cases cost half as much
+                    canonical = (
+                        lines[i + 1] == expected_line(len(args[0]))
+                        and lines[i + 3] == expected_line(len(args[1]))
+                        and lines[i + 5] == expected_line(len(args[2]))
+                    )
+                elif count == 2:  # GET
+                    key_line = expected_line(len(args[1]))
+                    canonical = (
+                        lines[i + 1] == expected_line(len(args[0])) and lines[i + 3] == key_line
+                    )
+                else:
+                    canonical = lines[i + 1 : following : 2] == list(
+                        map(expected_line, map(len, args))
+                    )
+            except IndexError:  # a long argument: format its line, and check the limit
+                heads = lines[i + 1 : following : 2]
+                canonical = max(map(len, args)) <= bulk_limit and heads == [
+                    b"$%d" % len(arg) for arg in args
+                ]
+            if not canonical:
+                break
+            commands.append(args)
+            i = following
+        if not commands:
+            return
+        # Consumed: the lines taken and the CRLF after each; when that is every terminated
+        # line (the usual case), what is left is just the last, unterminated one.
+        if i == last:
+            self._pos = stop - len(lines[last])
+        else:
+            self._pos = pos + sum(map(len, lines[:i])) + 2 * i
+        commands.reverse()
+        self._ready = commands
 
     def _inline(self, pos: int, end: int) -> tuple[int, list[bytes]] | None:
         """Parse the inline line at ``pos``: (position after it, its words), or None if the
@@ -480,6 +617,7 @@ _NULL_BULK_RESP2: Final = b"$-1\r\n"
 _NULL_ARRAY_RESP2: Final = b"*-1\r\n"
 _NULL_RESP3: Final = b"_\r\n"
 _SMALL_INTEGERS: Final = tuple(b":%d\r\n" % n for n in range(1024))
+_BULK_HEADERS: Final = tuple(b"$%d\r\n" % n for n in range(4096))
 # A status or error line must stay one line: Redis turns CR and LF into spaces too.
 _ONE_LINE: Final = bytes.maketrans(b"\r\n", b"  ")
 
@@ -547,7 +685,10 @@ class ReplyEncoder:
         """Bulk string; None is the null bulk (``$-1`` in RESP2, ``_`` in RESP3)."""
         if value is None:
             return self.null_bulk
-        return b"$%d\r\n%b\r\n" % (len(value), value)
+        size = len(value)
+        if size < 4096:
+            return _BULK_HEADERS[size] + value + b"\r\n"
+        return b"$%d\r\n%b\r\n" % (size, value)
 
     def array(self, items: Sequence[bytes] | None) -> bytes:
         """Array of already-encoded replies; None is the null array (``*-1`` / ``_``)."""

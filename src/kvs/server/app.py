@@ -33,7 +33,7 @@ from dataclasses import dataclass
 from typing import Any, cast
 
 from kvs.protocol.resp import ProtocolError, RespParser
-from kvs.server.commands import COMMANDS, ServerState, Session, Shutdown, execute
+from kvs.server.commands import ServerState, Session, Shutdown, execute, lookup
 from kvs.store import KvStore
 
 log = logging.getLogger("kvs.server")
@@ -163,9 +163,14 @@ class _Connection(asyncio.Protocol):
         if self.paused:
             return  # resume_writing() calls again
         server = self.server
+        state = server.state
+        next_command = parser.next_command
+        # Whether a reply must wait for the fsync (group commit): only asked under it.
+        wrote = not server.group_commit
         replies: list[bytes] = []
+        append = replies.append
         size = 0
-        wrote = False
+        unauthenticated = parser.unauthenticated
         try:
             while True:
                 if size >= _REPLY_CHUNK:
@@ -178,20 +183,22 @@ class _Connection(asyncio.Protocol):
                     if not self.paused:
                         asyncio.get_running_loop().call_soon(self._process)
                     return
-                argv = parser.next_command()
+                argv = next_command()
                 if argv is None:
                     break
                 if self.handshake is not None:
                     self.handshake.cancel()
                     self.handshake = None
-                cmd = COMMANDS.get(argv[0].lower())
-                # EXEC writes its queued commands: its reply waits for the fsync too.
-                wrote = wrote or (cmd is not None and (cmd.write or cmd.name == "exec"))
-                reply = execute(server.state, session, argv)
-                replies.append(reply)
+                if not wrote:
+                    cmd = lookup(argv[0])
+                    # EXEC writes its queued commands: its reply waits for the fsync too.
+                    wrote = cmd is not None and (cmd.write or cmd.name == "exec")
+                reply = execute(state, session, argv)
+                append(reply)
                 size += len(reply)
-                if parser.unauthenticated and session.authenticated:
+                if unauthenticated and session.authenticated:
                     parser.set_unauthenticated(False)
+                    unauthenticated = False
                 if session.closing:
                     break
         except ProtocolError as error:
@@ -205,7 +212,7 @@ class _Connection(asyncio.Protocol):
             log.exception("error while serving client %s", self._peer())
             replies.append(b"-ERR internal error (see the server log)\r\n")
             session.closing = True
-        self._send(b"".join(replies), wrote)
+        self._send(replies[0] if len(replies) == 1 else b"".join(replies), wrote)
         if self.backlog:
             self.backlog = False
             if not self.paused and not transport.is_closing():

@@ -15,6 +15,8 @@ import hmac
 import os
 import re
 import time
+from array import array
+from bisect import bisect_left
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Final
@@ -60,6 +62,9 @@ class ServerState:
     connections_received: int = 0
     clients: dict[int, Session] = field(default_factory=dict)
     next_client_id: int = 1
+    #: The key space as SCAN last listed it (see _scan), shared by every walk in progress.
+    scan_snapshot: _ScanSnapshot | None = None
+    scan_epoch: int = 0
 
     def new_session(self) -> Session:
         session = Session(self.next_client_id, authenticated=self.password is None)
@@ -86,7 +91,7 @@ class Session:
 Handler = Callable[[ServerState, Session, list[bytes]], bytes]
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, slots=True)
 class Command:
     name: str
     arity: int  # Redis style: n = exactly n words (name included); -n = at least n
@@ -96,29 +101,46 @@ class Command:
     in_transaction: bool = True  # may be queued inside MULTI
 
 
+#: Every command by its lower-case name (what COMMAND COUNT and COMMAND list).
 COMMANDS: dict[bytes, Command] = {}
+# The same commands also under their upper-case names, the way clients send them, so that
+# dispatch is one dict lookup without lower() for nearly every request. Kept by register().
+_BY_WIRE_NAME: dict[bytes, Command] = {}
+
+
+def register(cmd: Command) -> None:
+    """Add ``cmd`` to the command table (under its name, in any case)."""
+    name = cmd.name.encode()
+    COMMANDS[name] = cmd
+    _BY_WIRE_NAME[name] = cmd
+    _BY_WIRE_NAME[name.upper()] = cmd
 
 
 def command(
     name: str, arity: int, *, write: bool = False, no_auth: bool = False, queue: bool = True
 ) -> Callable[[Handler], Handler]:
-    def register(handler: Handler) -> Handler:
-        COMMANDS[name.encode()] = Command(name, arity, handler, write, no_auth, queue)
+    def add(handler: Handler) -> Handler:
+        register(Command(name, arity, handler, write, no_auth, queue))
         return handler
 
-    return register
+    return add
+
+
+def lookup(name: bytes) -> Command | None:
+    """The command called ``name`` (any case), or None."""
+    return _BY_WIRE_NAME.get(name) or COMMANDS.get(name.lower())
 
 
 def execute(state: ServerState, session: Session, argv: list[bytes]) -> bytes:
     """Run one command and return its complete reply."""
     state.commands_processed += 1
-    name = argv[0].lower()
-    cmd = COMMANDS.get(name)
+    cmd = _BY_WIRE_NAME.get(argv[0]) or COMMANDS.get(argv[0].lower())
     if cmd is None:
         if session.transaction is not None:
             session.transaction_failed = True
         return _unknown_command(argv)
-    if (cmd.arity > 0 and len(argv) != cmd.arity) or (cmd.arity < 0 and len(argv) < -cmd.arity):
+    arity = cmd.arity
+    if (len(argv) != arity) if arity > 0 else (len(argv) < -arity):
         if session.transaction is not None:
             session.transaction_failed = True
         return b"-ERR wrong number of arguments for '%b' command\r\n" % cmd.name.encode()
@@ -127,7 +149,13 @@ def execute(state: ServerState, session: Session, argv: list[bytes]) -> bytes:
     if session.transaction is not None and cmd.in_transaction:
         session.transaction.queued.append((cmd, argv))
         return QUEUED
-    return _run(cmd, state, session, argv)
+    # _run(), inlined: this is the path of every command.
+    try:
+        return cmd.handler(state, session, argv)
+    except ReadOnlyError as error:
+        return b"-READONLY %b\r\n" % _one_line(str(error))
+    except KvsError as error:  # LimitError, StorageError, ...
+        return b"-ERR %b\r\n" % _one_line(str(error))
 
 
 def _run(cmd: Command, state: ServerState, session: Session, argv: list[bytes]) -> bytes:
@@ -462,11 +490,18 @@ def _get_bytes(db: KvStore | _Transaction, key: bytes) -> bytes | None:
 
 @command("get", 2)
 def _get(state: ServerState, session: Session, argv: list[bytes]) -> bytes:
-    return session.encoder.bulk(_get_bytes(_db(session, state), argv[1]))
+    # _get_bytes(_db(...)) inlined: the most frequent command.
+    value = (state.store if session.transaction is None else session.transaction).get(argv[1])
+    if isinstance(value, str):
+        value = value.encode()
+    return session.encoder.bulk(value)
 
 
 @command("set", -3, write=True)
 def _set(state: ServerState, session: Session, argv: list[bytes]) -> bytes:
+    if len(argv) == 3 and session.transaction is None:
+        state.store.set(argv[1], argv[2])  # plain SET key value: nothing else to decide
+        return OK
     db, enc = _db(session, state), session.encoder
     key, value = argv[1], argv[2]
     ttl: float | None = None
@@ -578,7 +613,7 @@ def _del(state: ServerState, session: Session, argv: list[bytes]) -> bytes:
     return enc.integer(len(present))
 
 
-COMMANDS[b"unlink"] = Command("unlink", -2, _del, write=True)
+register(Command("unlink", -2, _del, write=True))
 
 
 @command("exists", -2)
@@ -819,10 +854,56 @@ def _keys(state: ServerState, session: Session, argv: list[bytes]) -> bytes:
     return session.encoder.bulk_array([key for key in keys if matcher(key)])
 
 
+# SCAN cursors: the epoch of the snapshot a walk last used (1 .. 2**31-1) times 2**32, plus
+# the hash of the next key to visit. 0 starts a walk, and ends one.
+_SCAN_HASH_BITS: Final = 32
+_SCAN_HASH_MASK: Final = (1 << _SCAN_HASH_BITS) - 1
+_SCAN_MAX_EPOCH: Final = (1 << 31) - 1
+
+
+@dataclass
+class _ScanSnapshot:
+    """Every key at one moment, in order of hash (``hashes[i]`` is ``keys[i]``'s)."""
+
+    epoch: int
+    keys: list[bytes]
+    hashes: array[int]
+
+
+def _scan_snapshot(state: ServerState) -> _ScanSnapshot:
+    """List the key space now, in hash order, and keep it for the next SCAN calls."""
+    keys = [k if isinstance(k, bytes) else k.encode() for k in state.store.scan()]
+    keys.sort(key=_key_hash)
+    state.scan_epoch = state.scan_epoch % _SCAN_MAX_EPOCH + 1
+    snapshot = _ScanSnapshot(state.scan_epoch, keys, array("I", map(_key_hash, keys)))
+    state.scan_snapshot = snapshot
+    return snapshot
+
+
+def _present(store: KvStore, key: bytes) -> bool:
+    """Whether ``key`` is (still) there: ttl() reads no value, and raises if it is absent."""
+    try:
+        store.ttl(key)
+    except KeyNotFound:
+        return False
+    return True
+
+
 @command("scan", -2)
 def _scan(state: ServerState, session: Session, argv: list[bytes]) -> bytes:
-    """SCAN walks keys in order of a fixed hash; the cursor is the next hash to visit, so a
-    key present for the whole scan is returned exactly once, as Redis guarantees."""
+    """SCAN walks the keys in order of a fixed hash (crc32c); the cursor holds the next hash
+    to visit, so that a walk is a series of ranges of that order, and keys of one hash are
+    never split across two calls. Redis's guarantee holds: a key present for the whole walk
+    is returned (exactly once); one added or removed meanwhile may or may not be.
+
+    The order comes from a snapshot of the key space sorted by hash, kept in ``state`` and
+    shared by every walk: SCAN 0 takes a new one (it must hold every key present when the
+    walk starts), a later call uses the one kept if it was taken since the walk's own
+    snapshot (the cursor carries its epoch), else takes a new one, which is just as right:
+    any listing made after a walk started holds every key present for the whole walk. So
+    a full walk lists the key space once, not once per call: O(N log N), not O(N**2 / count).
+    Keys removed since the snapshot are skipped (one index lookup each, no value read).
+    """
     cursor = _parse_int(argv[1])
     if cursor is None or cursor < 0:
         return b"-ERR invalid cursor\r\n"
@@ -846,19 +927,25 @@ def _scan(state: ServerState, session: Session, argv: list[bytes]) -> bytes:
         else:
             return _SYNTAX
         i += 2
-    hashed = sorted(
-        (h, key)
-        for key in (k if isinstance(k, bytes) else k.encode() for k in state.store.scan())
-        if (h := _key_hash(key)) >= cursor
-    )
-    batch: list[bytes] = []
-    next_cursor = 0
-    for position, (h, key) in enumerate(hashed):
-        if position >= count and h != hashed[position - 1][0]:
-            next_cursor = h  # never split keys of equal hash across two calls
-            break
-        if matcher(key):
-            batch.append(key)
+    epoch, position = cursor >> _SCAN_HASH_BITS, cursor & _SCAN_HASH_MASK
+    snapshot = state.scan_snapshot
+    if cursor == 0 or snapshot is None or not 0 < epoch <= snapshot.epoch:
+        # A new walk; or a cursor older than any snapshot kept (or one from another run of
+        # the server, or made up by hand): list the keys now, and go on from its position.
+        snapshot = _scan_snapshot(state)
+    keys, hashes = snapshot.keys, snapshot.hashes
+    start = bisect_left(hashes, position)
+    stop = min(start + count, len(keys))
+    while stop < len(keys) and stop > start and hashes[stop] == hashes[stop - 1]:
+        stop += 1  # never split keys of equal hash across two calls
+    store = state.store
+    batch = [key for key in keys[start:stop] if matcher(key) and _present(store, key)]
+    if stop < len(keys):
+        next_cursor = snapshot.epoch << _SCAN_HASH_BITS | hashes[stop]
+    else:
+        next_cursor = 0
+        if state.scan_snapshot is snapshot:
+            state.scan_snapshot = None  # this walk is over: free the listing
     enc = session.encoder
     return enc.array([enc.bulk(b"%d" % next_cursor), enc.bulk_array(batch)])
 
@@ -871,7 +958,7 @@ def _flushdb(state: ServerState, session: Session, argv: list[bytes]) -> bytes:
     return OK
 
 
-COMMANDS[b"flushall"] = Command("flushall", -1, _flushdb, write=True)
+register(Command("flushall", -1, _flushdb, write=True))
 
 
 # -- transactions ---------------------------------------------------------------------------
@@ -987,4 +1074,4 @@ def _exec(state: ServerState, session: Session, argv: list[bytes]) -> bytes:
     return session.encoder.array(replies)
 
 
-__all__ = ["COMMANDS", "ServerState", "Session", "Shutdown", "execute"]
+__all__ = ["COMMANDS", "ServerState", "Session", "Shutdown", "execute", "lookup", "register"]
