@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import contextlib
 import signal
 import socket
 import threading
@@ -284,19 +283,21 @@ def test_second_server_on_the_same_directory_or_port(spawn: Spawn, tmp_path: Pat
 
 
 class PipelinedWriter(threading.Thread):
-    """Streams ``SET p<i> v<i>`` on one raw connection while reading the replies: ``acked``
-    counts the +OK replies received (for the first ``acked`` commands, in order)."""
+    """Streams ``SET p<i> v<i>`` on one raw connection, without end, while reading the
+    replies: ``acked`` counts the +OK replies received (for the first ``acked`` commands, in
+    order). The stream only stops when the server closes the connection (``cut_off``), or
+    at a safety cap far beyond what any test waits for."""
 
-    def __init__(self, sock: socket.socket, prefix: str, count: int) -> None:
+    CHUNK = 5000
+    CAP = 5_000_000
+
+    def __init__(self, sock: socket.socket, prefix: str) -> None:
         super().__init__(daemon=True)
         self.sock = sock
         self.prefix = prefix
-        self.payload = b"".join(
-            b"*3\r\n$3\r\nSET\r\n$%d\r\n%s\r\n$%d\r\n%s\r\n" % (len(k), k, len(v), v)
-            for k, v in ((f"{prefix}{i}".encode(), f"v{i}".encode() * 8) for i in range(count))
-        )
         self.acked = 0
         self.unexpected = b""
+        self.cut_off = False  # the server closed the connection while we were still sending
 
     def run(self) -> None:
         sender = threading.Thread(target=self._send, daemon=True)
@@ -317,8 +318,19 @@ class PipelinedWriter(threading.Thread):
         sender.join(10)
 
     def _send(self) -> None:
-        with contextlib.suppress(OSError):  # the server stopped reading and closed: expected
-            self.sock.sendall(self.payload)
+        for start in range(0, self.CAP, self.CHUNK):
+            payload = b"".join(
+                b"*3\r\n$3\r\nSET\r\n$%d\r\n%s\r\n$%d\r\n%s\r\n" % (len(k), k, len(v), v)
+                for k, v in (
+                    (f"{self.prefix}{i}".encode(), f"v{i}".encode() * 8)
+                    for i in range(start, start + self.CHUNK)
+                )
+            )
+            try:
+                self.sock.sendall(payload)
+            except OSError:  # the server stopped reading and closed: expected
+                self.cut_off = True
+                return
 
 
 def _reopens_clean_with(spawn: Spawn, port: int, sync: str) -> redis.Redis:
@@ -332,7 +344,7 @@ def _reopens_clean_with(spawn: Spawn, port: int, sync: str) -> redis.Redis:
 @pytest.mark.parametrize("sync", ["always", "everysec"])
 def test_signal_during_a_burst_of_pipelined_writes(spawn: Spawn, signum: int, sync: str) -> None:
     server = spawn("--sync", sync)
-    writers = [PipelinedWriter(server.connect(timeout=30), f"c{n}:", 200_000) for n in range(3)]
+    writers = [PipelinedWriter(server.connect(timeout=30), f"c{n}:") for n in range(3)]
     for writer in writers:
         writer.start()
     deadline = time.monotonic() + 20
@@ -346,22 +358,29 @@ def test_signal_during_a_burst_of_pipelined_writes(spawn: Spawn, signum: int, sy
         writer.sock.close()
         assert writer.unexpected == b""
     acked = [w.acked for w in writers]
-    assert min(acked) >= 2000 and max(acked) < 200_000, acked  # it was mid-burst
+    assert min(acked) >= 2000, acked
+    assert all(w.cut_off for w in writers), "the signal came after a burst had ended"
     log = server.log()
     assert "data synced and closed" in log and "Traceback" not in log, log
     check = kvs_check(server.directory)
     assert check.returncode == 0 and "0 problems" in check.stdout, check.stdout + check.stderr
     client = _reopens_clean_with(spawn, server.port, sync)
+    present = 0
     for writer in writers:
-        n = writer.acked
-        keys = [f"{writer.prefix}{i}" for i in range(n)]
-        values = client.mget(keys)
-        missing = [k for k, v in zip(keys, values, strict=True) if v is None]
-        assert not missing, f"{len(missing)} acknowledged writes lost, e.g. {missing[:3]}"
-        assert values[-1] == f"v{n - 1}".encode() * 8
-        # Every write the server ran was answered before it closed: nothing beyond.
-        assert client.exists(f"{writer.prefix}{n}") == 0
-    assert client.dbsize() == sum(acked)
+        # Every acknowledged write is there. A few more may be too: the server answers every
+        # command it ran before closing, but closing a socket whose client is still sending
+        # resets it, and a reset can discard replies the client had not read yet (Redis
+        # alike). Those writes count as "maybe"; what is there must still be a prefix of
+        # the stream, each with its own value.
+        count = sum(1 for _ in client.scan_iter(match=f"{writer.prefix}*", count=1000))
+        assert count >= writer.acked, f"{writer.acked - count} acknowledged writes lost"
+        keys = [f"{writer.prefix}{i}" for i in range(count)]
+        for start in range(0, count, 10_000):
+            values = client.mget(keys[start : start + 10_000])
+            expected = [f"v{i}".encode() * 8 for i in range(start, start + len(values))]
+            assert values == expected, f"{writer.prefix}: not a prefix of the stream near {start}"
+        present += count
+    assert client.dbsize() == present
 
 
 @pytest.mark.parametrize("signum", [signal.SIGTERM, signal.SIGINT], ids=["SIGTERM", "SIGINT"])
