@@ -7,6 +7,7 @@ rest of the file alone.
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from pathlib import Path
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
@@ -35,3 +36,21 @@ def write_section(
         text = text.rstrip("\n") + "\n\n" + (f"{heading}\n\n" if heading else "") + block + "\n"
     path.parent.mkdir(parents=True, exist_ok=True)
     path.write_text(text, encoding="utf-8")
+
+
+def table(header: Sequence[str], rows: Sequence[Sequence[str]], text_columns: int = 1) -> list[str]:
+    """A Markdown table; the first ``text_columns`` columns align left, the rest right."""
+    widths = [max(len(cell) for cell in column) for column in zip(header, *rows, strict=False)]
+
+    def line(cells: Sequence[str]) -> str:
+        padded = [
+            cell.ljust(width) if i < text_columns else cell.rjust(width)
+            for i, (cell, width) in enumerate(zip(cells, widths, strict=True))
+        ]
+        return "| " + " | ".join(padded) + " |"
+
+    rules = [
+        ":" + "-" * (width + 1) if i < text_columns else "-" * (width + 1) + ":"
+        for i, width in enumerate(widths)
+    ]
+    return [line(header), "|" + "|".join(rules) + "|", *(line(row) for row in rows)]

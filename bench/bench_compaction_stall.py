@@ -51,7 +51,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
-from _docs import DOCS_PATH, REPO_ROOT, write_section  # this directory is sys.path[0]
+from _docs import DOCS_PATH, REPO_ROOT, table, write_section  # this directory is sys.path[0]
 
 VALUE_SIZE = 100
 KEY_FORMAT = b"key%09d"
@@ -197,22 +197,6 @@ def run(config: Config, root: str) -> Results:
 # -- the report --------------------------------------------------------------------------------
 
 
-def table(header: Sequence[str], rows: Sequence[Sequence[str]], text_columns: int = 2) -> list[str]:
-    """A Markdown table; the first ``text_columns`` columns align left, the rest right."""
-    widths = [max(len(cell) for cell in column) for column in zip(header, *rows, strict=False)]
-
-    def line(cells: Sequence[str]) -> str:
-        padded = [
-            cell.ljust(width) if i < text_columns else cell.rjust(width)
-            for i, (cell, width) in enumerate(zip(cells, widths, strict=True))
-        ]
-        return "| " + " | ".join(padded) + " |"
-
-    rules = [
-        ":" + "-" * (width + 1) if i < text_columns else "-" * (width + 1) + ":"
-        for i, width in enumerate(widths)
-    ]
-    return [line(header), "|" + "|".join(rules) + "|", *(line(row) for row in rows)]
 
 
 def median(samples: list[Sample], what: str) -> float:
@@ -289,6 +273,7 @@ def report(results: Results, config: Config, command: str) -> str:
         table(
             ["target", "mode", "sets/s", "p50 µs", "p99 µs", "max µs", "compactions meanwhile"],
             rows,
+            text_columns=2,
         )
     )
     out.append("")

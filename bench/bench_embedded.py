@@ -61,7 +61,7 @@ from dataclasses import dataclass, field, replace
 from functools import partial
 from typing import Any
 
-from _docs import DOCS_PATH, REPO_ROOT, write_section  # this directory is sys.path[0]
+from _docs import DOCS_PATH, REPO_ROOT, table, write_section  # this directory is sys.path[0]
 
 Key = bytes | str
 Pair = tuple[Key, bytes]
@@ -1068,22 +1068,6 @@ def ratio(value: float, base: float | None) -> str:
     return "n/a" if not base else f"{value / base:.2f}"
 
 
-def table(header: Sequence[str], rows: Sequence[Sequence[str]], text_columns: int = 1) -> list[str]:
-    """A Markdown table; the first ``text_columns`` columns align left, the rest right."""
-    widths = [max(len(cell) for cell in column) for column in zip(header, *rows, strict=False)]
-
-    def line(cells: Sequence[str]) -> str:
-        padded = [
-            cell.ljust(width) if i < text_columns else cell.rjust(width)
-            for i, (cell, width) in enumerate(zip(cells, widths, strict=True))
-        ]
-        return "| " + " | ".join(padded) + " |"
-
-    rules = [
-        ":" + "-" * (width + 1) if i < text_columns else "-" * (width + 1) + ":"
-        for i, width in enumerate(widths)
-    ]
-    return [line(header), "|" + "|".join(rules) + "|", *(line(row) for row in rows)]
 
 
 @dataclass

@@ -68,8 +68,8 @@ from pathlib import Path
 from typing import Any
 
 import bench_embedded  # this directory is sys.path[0] when the script runs
-from _docs import DOCS_PATH, write_section
-from bench_embedded import table, timed
+from _docs import DOCS_PATH, table, write_section
+from bench_embedded import timed
 
 from kvs import KvStore
 

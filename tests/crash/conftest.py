@@ -3,30 +3,19 @@
 from __future__ import annotations
 
 import logging
-import threading
 from collections.abc import Iterator
 
 import pytest
 
-from kvs.log.faultfs import SimulatedCrash
+from .helpers import quiet_simulated_crashes
 
 
 @pytest.fixture(autouse=True)
 def _simulated_crash_ends_background_threads_quietly() -> Iterator[None]:
     """A simulated crash also "kills" the engine's background threads (hint writer,
     everysec sync): they die with ``SimulatedCrash``, which is expected, not a test failure."""
-    previous = threading.excepthook
-
-    def hook(args: threading.ExceptHookArgs) -> None:
-        if args.exc_type is not None and issubclass(args.exc_type, SimulatedCrash):
-            return
-        previous(args)
-
-    threading.excepthook = hook
-    try:
+    with quiet_simulated_crashes():
         yield
-    finally:
-        threading.excepthook = previous
 
 
 @pytest.fixture

@@ -7,7 +7,8 @@ import logging
 import os
 import shutil
 import struct
-from collections.abc import Iterable
+import threading
+from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
 from typing import Any
 
@@ -176,3 +177,20 @@ def abandon(store: KvStore, fs: FaultyFileSystem) -> None:
     with contextlib.suppress(SimulatedCrash):
         store.close()  # marks it closed first; its first file operation then "crashes"
     fs.release_all()
+
+
+@contextlib.contextmanager
+def quiet_simulated_crashes() -> Iterator[None]:
+    """Background threads of a "crashed" store die with ``SimulatedCrash``: expected."""
+    previous = threading.excepthook
+
+    def hook(args: threading.ExceptHookArgs) -> None:
+        if args.exc_type is not None and issubclass(args.exc_type, SimulatedCrash):
+            return
+        previous(args)
+
+    threading.excepthook = hook
+    try:
+        yield
+    finally:
+        threading.excepthook = previous

@@ -34,13 +34,15 @@ import os
 import random
 import shutil
 import threading
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 from kvs import KvsError, KvStore, ReadOnlyError, StoreClosedError
 from kvs.log.faultfs import FaultyFileSystem, SimulatedCrash
+
+from .helpers import quiet_simulated_crashes
 
 Value = str | bytes
 #: Sentinel of "absent" among a key's allowed values.
@@ -210,23 +212,6 @@ def read_map(store: KvStore) -> dict[bytes, Value]:
         assert value is not None, f"scan lists {key!r} but get finds nothing"
         out[raw(key)] = value
     return out
-
-
-@contextlib.contextmanager
-def quiet_simulated_crashes() -> Iterator[None]:
-    """Background threads of a "crashed" store die with ``SimulatedCrash``: expected."""
-    previous = threading.excepthook
-
-    def hook(args: threading.ExceptHookArgs) -> None:
-        if args.exc_type is not None and issubclass(args.exc_type, SimulatedCrash):
-            return
-        previous(args)
-
-    threading.excepthook = hook
-    try:
-        yield
-    finally:
-        threading.excepthook = previous
 
 
 @dataclass
