@@ -27,7 +27,7 @@ key it touches, all with the batch's times (a ``remove(missing_ok=True)`` in a b
 * **final state**: the final read is judged by the same rule, which for it says: its value is
   that of a write (or remove) that no other write was invoked after the completion of;
 * **linearizability**: the whole per-key history against a register, with the complete search
-  of the Jepsen-lite checker (``jepsen.harness.linearizable``, reused as is). A key whose search
+  of the Jepsen-lite checker (``jepsen.checker.linearizable``, reused as is). A key whose search
   outgrows that checker's bound is counted as unchecked, and the test requires none.
 
 The first three rules are implied by the fourth; they are checked on their own for the
@@ -50,7 +50,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from jepsen.harness import Op, linearizable
+from jepsen.checker import Op, linearizable
 from soakmode import soak_scale
 
 from kvs import KeyNotFound, KvStore

@@ -11,7 +11,8 @@ from pathlib import Path
 import pytest
 from soakmode import soak_scale
 
-from .harness import INF, Op, check, linearizable, run_jepsen_round
+from .checker import INF, Op, check, linearizable
+from .harness import run_jepsen_round
 
 SECONDS = soak_scale(9, 90)
 SEEDS = list(range(soak_scale(1, 3)))
