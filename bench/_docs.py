@@ -7,6 +7,10 @@ rest of the file alone.
 
 from __future__ import annotations
 
+import datetime
+import os
+import platform
+import subprocess
 from collections.abc import Sequence
 from pathlib import Path
 
@@ -54,3 +58,22 @@ def table(header: Sequence[str], rows: Sequence[Sequence[str]], text_columns: in
         for i, width in enumerate(widths)
     ]
     return [line(header), "|" + "|".join(rules) + "|", *(line(row) for row in rows)]
+
+
+def run_stamp() -> list[str]:
+    """The date, the commit and the machine: the first lines of every benchmark section."""
+    try:
+        commit = subprocess.run(
+            ["git", "-C", str(REPO_ROOT), "describe", "--always", "--dirty"],
+            capture_output=True,
+            text=True,
+            check=True,
+        ).stdout.strip()
+    except (OSError, subprocess.CalledProcessError):
+        commit = "unknown"
+    cpus = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count()
+    now = datetime.datetime.now(datetime.UTC).strftime("%Y-%m-%d %H:%M UTC")
+    return [
+        f"- date: {now}; kvs commit: {commit}",
+        f"- machine: nproc {cpus}, {platform.machine()}, {platform.platform(terse=True)}",
+    ]

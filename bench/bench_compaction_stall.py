@@ -34,7 +34,6 @@ This is a script, not a test: nothing here is collected by pytest.
 from __future__ import annotations
 
 import argparse
-import datetime
 import gc
 import os
 import platform
@@ -42,7 +41,6 @@ import random
 import shutil
 import sqlite3
 import statistics
-import subprocess
 import sys
 import tempfile
 import threading
@@ -51,7 +49,12 @@ from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
-from _docs import DOCS_PATH, REPO_ROOT, table, write_section  # this directory is sys.path[0]
+from _docs import (  # this directory is sys.path[0]
+    DOCS_PATH,
+    run_stamp,
+    table,
+    write_section,
+)
 
 VALUE_SIZE = 100
 KEY_FORMAT = b"key%09d"
@@ -204,20 +207,8 @@ def median(samples: list[Sample], what: str) -> float:
 
 
 def machine_info() -> list[str]:
-    try:
-        commit = subprocess.run(
-            ["git", "-C", str(REPO_ROOT), "describe", "--always", "--dirty"],
-            capture_output=True,
-            text=True,
-            check=True,
-        ).stdout.strip()
-    except (OSError, subprocess.CalledProcessError):
-        commit = "unknown"
-    cpus = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count()
-    now = datetime.datetime.now(datetime.UTC).strftime("%Y-%m-%d %H:%M UTC")
     return [
-        f"- date: {now}; kvs commit: {commit}",
-        f"- machine: nproc {cpus}, {platform.machine()}, {platform.platform(terse=True)}",
+        *run_stamp(),
         f"- Python {platform.python_version()} ({platform.python_implementation()}); "
         f"SQLite {sqlite3.sqlite_version}; "
         f"GIL switch interval {sys.getswitchinterval() * 1e3:g} ms",

@@ -39,7 +39,6 @@ from __future__ import annotations
 import argparse
 import contextlib
 import ctypes
-import datetime
 import gc
 import importlib
 import importlib.metadata
@@ -61,7 +60,12 @@ from dataclasses import dataclass, field, replace
 from functools import partial
 from typing import Any
 
-from _docs import DOCS_PATH, REPO_ROOT, table, write_section  # this directory is sys.path[0]
+from _docs import (  # this directory is sys.path[0]
+    DOCS_PATH,
+    run_stamp,
+    table,
+    write_section,
+)
 
 Key = bytes | str
 Pair = tuple[Key, bytes]
@@ -1196,23 +1200,11 @@ def machine_info() -> list[str]:
         except importlib.metadata.PackageNotFoundError:
             return "not installed"
 
-    try:
-        commit = subprocess.run(
-            ["git", "-C", str(REPO_ROOT), "describe", "--always", "--dirty"],
-            capture_output=True,
-            text=True,
-            check=True,
-        ).stdout.strip()
-    except (OSError, subprocess.CalledProcessError):
-        commit = "unknown"
-    cpus = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count()
-    now = datetime.datetime.now(datetime.UTC).strftime("%Y-%m-%d %H:%M UTC")
     libraries = ", ".join(
         f"{dist} {version(dist)}" for dist in ("lmdb", "plyvel", "rocksdict", "diskcache")
     )
     return [
-        f"- date: {now}; kvs commit: {commit}",
-        f"- machine: nproc {cpus}, {platform.machine()}, {platform.platform(terse=True)}",
+        *run_stamp(),
         f"- Python {platform.python_version()} ({platform.python_implementation()}); "
         f"SQLite {sqlite3.sqlite_version}; {libraries}; dbm default backend: "
         f"{default_dbm_backend()}",
