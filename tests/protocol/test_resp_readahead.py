@@ -9,23 +9,12 @@ from __future__ import annotations
 import random
 
 import pytest
+from test_resp import run  # feed chunks, drain commands, return (commands, error)
 
 from kvs.protocol import ProtocolError, RespParser, encode_command
 
 UNAUTH_BULK = "Protocol error: unauthenticated bulk length"
 INVALID_BULK = "Protocol error: invalid bulk length"
-
-
-def drain(parser: RespParser, chunks: list[bytes]) -> tuple[list[list[bytes]], str | None]:
-    commands: list[list[bytes]] = []
-    try:
-        for chunk in chunks:
-            parser.feed(chunk)
-            while (command := parser.next_command()) is not None:
-                commands.append(command)
-    except ProtocolError as error:
-        return commands, str(error)
-    return commands, None
 
 
 def splits(data: bytes, seed: int) -> list[bytes]:
@@ -55,7 +44,7 @@ MIXED = [
 def test_mixed_pipeline(seed: int | None) -> None:
     data = b"".join(encode_command(c) for c in MIXED) + b"PING inline\r\n*0\r\n*1\r\n$4\r\nPING\r\n"
     chunks = [data] if seed is None else splits(data, seed)
-    commands, error = drain(RespParser(), chunks)
+    commands, error = run(RespParser(), chunks)
     assert error is None
     assert commands == [*MIXED, [b"PING", b"inline"], [b"PING"]]
 
@@ -63,7 +52,7 @@ def test_mixed_pipeline(seed: int | None) -> None:
 def test_error_after_good_requests_comes_after_them() -> None:
     good = b"".join(encode_command([b"SET", b"k%d" % i, b"v"]) for i in range(20))
     bad = b"*2\r\n$3\r\nGET\r\n$01\r\nk\r\n"  # leading zero: Redis's invalid bulk length
-    commands, error = drain(RespParser(), [good + bad + good])
+    commands, error = run(RespParser(), [good + bad + good])
     assert len(commands) == 20
     assert error == INVALID_BULK
 
@@ -98,10 +87,10 @@ def test_buffered_bytes_counts_requests_read_ahead() -> None:
 
 
 def test_small_limits_are_kept() -> None:
-    commands, error = drain(
+    commands, error = run(
         RespParser(max_bulk_len=10), [encode_command([b"SET", b"k", b"v" * 11])]
     )
     assert (commands, error) == ([], INVALID_BULK)
     many = encode_command([b"a"] * 6)
-    commands, error = drain(RespParser(max_args=5), [many])
+    commands, error = run(RespParser(max_args=5), [many])
     assert (commands, error) == ([], "Protocol error: invalid multibulk length")
