@@ -58,6 +58,85 @@ def test_concurrent_writers_share_fsyncs() -> None:
     assert disk.syncs < 40 / 2, f"{disk.syncs} syncs for 40 writes: no grouping"
 
 
+def test_a_sync_gathers_the_writers_of_the_last_one() -> None:
+    """With a slow disk, the writers that one sync woke are gathered into the next: groups do
+    not settle into halves that take turns (the flusher-thread design covered about 4 of 8)."""
+    disk = FakeDisk(delay=0.05)
+    durability = Durability("always", disk.sync, lambda error: None)
+    lock = threading.Lock()
+    rounds = 6
+
+    def writer() -> None:
+        for _ in range(rounds):
+            with lock:
+                disk.written += 1
+                position = disk.written
+            durability.wait(position)
+
+    threads = [threading.Thread(target=writer) for _ in range(8)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    durability.stop()
+    assert durability.synced == 8 * rounds
+    # The first sync may start before all 8 arrive; after that each covers all 8 (a loaded
+    # machine can miss a gathering deadline now and then: 3 syncs of slack).
+    assert disk.syncs <= rounds + 4, f"{disk.syncs} syncs for {8 * rounds} writes"
+
+
+def test_always_starts_no_thread_of_its_own() -> None:
+    before = set(threading.enumerate())
+    durability = Durability("always", FakeDisk().sync, lambda error: None)
+    assert set(threading.enumerate()) == before
+    durability.stop()
+
+
+def test_an_interrupted_leader_hands_the_next_sync_to_a_waiter() -> None:
+    """KeyboardInterrupt during the leader's fsync reaches the leader's caller; it is not a
+    failed fsync (the store stays writable) and the writer waiting behind it still gets its
+    write synced."""
+    entered = threading.Event()
+    release = threading.Event()
+    calls = 0
+
+    def sync() -> int:
+        nonlocal calls
+        calls += 1
+        if calls == 1:
+            entered.set()
+            release.wait(5)
+            raise KeyboardInterrupt
+        return 200
+
+    failures: list[BaseException] = []
+    durability = Durability("always", sync, failures.append)
+    outcome: list[BaseException | None] = []
+
+    def leader() -> None:
+        try:
+            durability.wait(100)
+            outcome.append(None)
+        except BaseException as error:  # the interrupt is what is checked
+            outcome.append(error)
+
+    first = threading.Thread(target=leader)
+    first.start()
+    assert entered.wait(5)
+    second = threading.Thread(target=durability.wait, args=(200,))
+    second.start()
+    deadline = time.monotonic() + 5
+    while not durability._gates and time.monotonic() < deadline:
+        time.sleep(0.001)
+    release.set()
+    first.join(5)
+    second.join(5)
+    assert not second.is_alive() and durability.synced == 200
+    assert len(outcome) == 1 and isinstance(outcome[0], KeyboardInterrupt)
+    assert failures == [] and durability.error is None
+    durability.stop()
+
+
 def test_failed_fsync_is_reported_to_waiters_and_the_store() -> None:
     disk = FakeDisk()
     failures: list[BaseException] = []

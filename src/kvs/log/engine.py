@@ -211,6 +211,7 @@ class LogStore(KvStore):
         self._compaction_lock = threading.Lock()
         self._compaction_thread: threading.Thread | None = None
         self._pending_hints: dict[int, _HintJob] = {}
+        self._durability_syncs = 0
         self._closed = False
         self._failure: str | None = None
 
@@ -853,6 +854,7 @@ class LogStore(KvStore):
             if target > self._durability.synced:
                 try:
                     self._active.sync()
+                    self._durability_syncs += 1
                 except OSError as error:
                     if isinstance(error, KvsError):
                         raise
@@ -1114,6 +1116,9 @@ class LogStore(KvStore):
                 "data_files": len(self._sealed) + 1,
                 "active_file_id": self._active_state.file_id,
                 "sync": self._sync_policy,
+                # fdatasyncs of the active file made for durability (sync="always" group
+                # commits, everysec, sync()); not those of rotation, compaction or close
+                "durability_syncs": self._durability_syncs,
             }
 
     def __repr__(self) -> str:
