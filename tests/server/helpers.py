@@ -1,4 +1,7 @@
-"""Helpers shared by the kvs-server tests: processes, in-process servers, raw sockets."""
+"""Helpers shared by the kvs-server tests: processes, in-process servers, raw sockets.
+
+``free_port`` is ``kvs.localservers.free_port``, re-exported for the tests that import it
+from here."""
 
 from __future__ import annotations
 
@@ -17,6 +20,7 @@ from typing import Any
 import pytest
 import redis
 
+from kvs.localservers import free_port as free_port  # re-exported
 from kvs.server.app import KvsServer
 from kvs.store import KvStore
 
@@ -26,12 +30,6 @@ KVS = str(BIN_DIR / "kvs")
 REDIS_CLI = shutil.which("redis-cli")
 
 needs_redis_cli = pytest.mark.skipif(REDIS_CLI is None, reason="redis-cli is not installed")
-
-
-def free_port() -> int:
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
 
 
 def wait_port(port: int, proc: subprocess.Popen[bytes] | None = None, timeout: float = 15) -> None:
