@@ -228,3 +228,30 @@ def test_a_writer_told_its_fsync_failed_finds_the_store_already_read_only() -> N
         assert read_only.is_set(), "the writer woke before the store turned read-only"
     finally:
         durability.stop()
+
+
+def test_a_failed_background_fsync_nobody_was_told_of_fails_close(tmp_path: Path) -> None:
+    """Found when everysec synced more often: its background fsync failed, no write came after
+    it (so no caller got ReadOnlyError), and close() returned normally, although the last
+    writes were not durable. close() now raises the fsync's StorageError in that case."""
+    fs = FaultyFileSystem()
+    store = open_faulty(tmp_path / "s", fs, sync="everysec")
+    store.set(b"k", b"v")
+    fs.fail_next("append.sync", errno.EIO, ".data")
+    store._durability.sync_now()  # type: ignore[attr-defined]  # the everysec thread's tick
+    assert store._durability.error is not None  # type: ignore[attr-defined]
+    with pytest.raises(StorageError, match="Input/output error"):
+        store.close()
+    assert fds_on(tmp_path) == [] and fs.misuse == []
+
+
+def test_close_does_not_repeat_an_fsync_failure_a_writer_was_told_of(tmp_path: Path) -> None:
+    fs = FaultyFileSystem()
+    store = open_faulty(tmp_path / "s", fs, sync="everysec")
+    store.set(b"k", b"v")
+    fs.fail_next("append.sync", errno.EIO, ".data")
+    store._durability.sync_now()  # type: ignore[attr-defined]
+    with pytest.raises(ReadOnlyError, match="fsync failed"):
+        store.set(b"k2", b"v2")
+    store.close()  # the failure was reported once, to the writer
+    assert fds_on(tmp_path) == []

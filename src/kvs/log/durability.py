@@ -75,6 +75,7 @@ class Durability:
         self._gates: list[tuple[int, LockType]] = []  # (position, gate) of waiting writers
         self._error: BaseException | None = None
         self._stopping = False
+        self.error_delivered = False  # a waiter was told that a sync failed
         self._thread: threading.Thread | None = None
         if policy == "everysec":
             self._thread = threading.Thread(
@@ -134,6 +135,7 @@ class Durability:
     def _check_waitable(self) -> None:
         """Raise if the write can no longer be made durable. Requires ``_lock``."""
         if self._error is not None:
+            self.error_delivered = True
             raise ReadOnlyError(
                 f"fsync failed; the write was not made durable: {self._error}"
             ) from self._error

@@ -214,6 +214,7 @@ class LogStore(KvStore):
         self._durability_syncs = 0
         self._closed = False
         self._failure: str | None = None
+        self._failure_delivered = False  # a caller got ReadOnlyError because of _failure
 
         self._lock_handle = self._take_lock()
         try:
@@ -749,6 +750,7 @@ class LogStore(KvStore):
     def _refuse_write(self) -> NoReturn:
         if self._closed:
             raise StoreClosedError(self._failure or f"store {self.path} is closed")
+        self._failure_delivered = True
         raise ReadOnlyError(f"store {self.path} is read-only: {self._failure}; reopen it")
 
     def _make_room(self, size: int) -> int:
@@ -1057,8 +1059,13 @@ class LogStore(KvStore):
             self._failure = self._failure or f"store {self.path} is closed"
             self._durability.stop()
             errors: list[BaseException] = []
-            if sync_error is not failed_before and isinstance(sync_error, StorageError):
-                errors.append(sync_error)  # the last writes may not be durable: say so
+            # The last writes may not be durable: say so, if this sync failed, or if an
+            # earlier one (everysec's, in the background) did and no caller has been told.
+            untold = not (self._failure_delivered or self._durability.error_delivered)
+            if isinstance(sync_error, StorageError) and (
+                sync_error is not failed_before or untold
+            ):
+                errors.append(sync_error)
             for job in list(self._pending_hints.values()):
                 if job.state.file_id in self._sealed:  # not a file compaction just deleted
                     _write_hint(self._fs, self.path, job)
@@ -1104,7 +1111,7 @@ class LogStore(KvStore):
 
     def __del__(self) -> None:
         if getattr(self, "_closed", True) is False and self._owner_pid == os.getpid():
-            with contextlib.suppress(Exception):
+            with contextlib.suppress(BaseException):  # e.g. a test's SimulatedCrash
                 self.close()
 
     def stats(self) -> dict[str, int | float | str]:
