@@ -136,3 +136,23 @@ def test_reopen_does_not_create_a_file_per_open(tmp_path: Path) -> None:
         with KvStore.open(str(tmp_path)) as s:
             s.set(f"k{i}", "v")
     assert len(list(tmp_path.glob("kvs-*.data"))) == 1
+
+
+def test_everysec_asks_for_a_sync_after_every_reserved_chunk(tmp_path: Path) -> None:
+    """So that a rotation finds at most a chunk unsynced, not a second of writes."""
+    from kvs.log.fs import RESERVE_CHUNK
+
+    with KvStore.open(str(tmp_path / "s"), sync="everysec") as store:
+        durability = store._durability  # type: ignore[attr-defined]
+        original = durability.sync_soon
+        asked: list[int] = []
+
+        def counting_sync_soon() -> None:
+            asked.append(1)
+            original()
+
+        durability.sync_soon = counting_sync_soon
+        value = b"v" * 1000
+        for i in range(3 * RESERVE_CHUNK // 1000):
+            store.set(b"k%d" % i, value)
+        assert len(asked) >= 2

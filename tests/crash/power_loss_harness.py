@@ -47,6 +47,7 @@ from pathlib import Path
 from typing import Any
 
 from kvs import CorruptionError, KvStore
+from kvs.log import record
 from kvs.log.faultfs import FaultyFileSystem, FileImage, write_image
 
 Value = str | bytes
@@ -249,7 +250,10 @@ class Recorder:
             rng = random.Random(self.rng.randrange(1 << 62))
             image = work.fs.crash_image(work.directory, rng, reorder_block=512)
             if image != gentle:
-                lengths = {n: len(f.data) for n, f in gentle.items()}
+                lengths = {
+                    n: complete_records_end(f.data) if n.endswith(".data") else len(f.data)
+                    for n, f in gentle.items()
+                }
                 self._add("reorder", image, where, lengths)
 
     def _add(
@@ -335,6 +339,21 @@ def check_crash(
             results.problems[-1] += f" (state kept in {target})"
         else:
             shutil.rmtree(target, ignore_errors=True)
+
+
+def complete_records_end(data: bytes) -> int:
+    """Where the last complete, valid record of a data file's durable image ends. A sync that
+    ran on another thread (everysec's) while a record was being copied in made only part of it
+    durable: that part is no more durable than the bytes after it, so reordered write-back may
+    leave it damaged with valid records after it (format.md section 14)."""
+    offset = record.FILE_HEADER_SIZE
+    while offset < len(data):
+        try:
+            flags, key_len, value_len, _ = record.check_record(data, offset, len(data))
+        except record.BadRecord:
+            break
+        offset += record.FRAMING + value_len + (0 if flags & record.BATCH else key_len)
+    return min(offset, len(data))
 
 
 def _lost(expected: Model, found: Model) -> int:

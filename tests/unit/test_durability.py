@@ -180,3 +180,15 @@ def test_waiting_after_stop_is_refused() -> None:
     disk.written = 3
     with pytest.raises(StoreClosedError):
         durability.wait(3)
+
+
+def test_everysec_syncs_at_once_when_asked() -> None:
+    disk = FakeDisk()
+    durability = Durability("everysec", disk.sync, lambda error: None, interval=60)
+    disk.written = 9
+    durability.sync_soon()
+    deadline = time.monotonic() + 10
+    while durability.synced < 9 and time.monotonic() < deadline:
+        time.sleep(0.01)
+    assert durability.synced == 9, "sync_soon() waited for the next tick"
+    durability.stop()

@@ -9,8 +9,8 @@ reaches the disk, i.e. what a power cut can take:
     arriving writers queue up, and the next sync covers all of them (group commit): one fsync
     per *group* of concurrent writes rather than per write.
 ``everysec``
-    A background thread syncs once a second when anything is unsynced. A power cut loses at
-    most about the last second of writes.
+    A background thread syncs once a second when anything is unsynced, and also after every
+    few MiB written. A power cut loses at most about the last second of writes.
 ``no``
     kvs never syncs on its own (the kernel writes back within ~30 s on Linux); ``close`` and
     file rotation still sync.
@@ -75,6 +75,7 @@ class Durability:
         self._gates: list[tuple[int, LockType]] = []  # (position, gate) of waiting writers
         self._error: BaseException | None = None
         self._stopping = False
+        self._early = False  # sync_soon() was called
         self.error_delivered = False  # a waiter was told that a sync failed
         self._thread: threading.Thread | None = None
         if policy == "everysec":
@@ -196,10 +197,18 @@ class Durability:
                 self._writers_last_sync = len(self._gates) + 1
                 self._open_gates()
 
+    def sync_soon(self) -> None:
+        """Under ``everysec``: sync now rather than at the next tick (the store asks after
+        every few MiB written, so that the sync a file rotation must make is short)."""
+        with self._lock:
+            self._early = True
+            self._idle.notify_all()
+
     def _every_second(self) -> None:
         while True:
             with self._lock:
-                self._idle.wait_for(lambda: self._stopping, timeout=self._interval)
+                self._idle.wait_for(lambda: self._stopping or self._early, timeout=self._interval)
+                self._early = False
                 if self._stopping or self._error is not None:
                     return
             self.sync_now()
