@@ -49,8 +49,8 @@ class Durability:
     the writers it covered, and that of one writer it did not cover, who leads the next sync.
 
     Measured (8 writer threads against 1, real fdatasync, and a fake 2 ms one) against the
-    earlier design, a flusher thread and a ``threading.Condition``: one thread about 30% more
-    durable writes/s (no hand-off to a flusher and back per write); 8 threads 10-15% more with
+    earlier design, a flusher thread and a ``threading.Condition``: one thread 13-33% more
+    durable writes/s (no hand-off to a flusher and back per write); 8 threads 11-38% more with
     a ~0.1 ms fsync, and about 1.9x more with a 2 ms fsync, where the gathering below makes
     each sync cover all 8 writers instead of alternating groups of about 4.
     """
