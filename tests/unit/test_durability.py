@@ -36,24 +36,31 @@ def test_always_returns_only_after_a_sync_covering_the_write() -> None:
     durability.stop()
 
 
-def test_concurrent_writers_share_fsyncs() -> None:
-    disk = FakeDisk(delay=0.02)
+def run_writers(disk: FakeDisk, writers: int, writes_each: int) -> Durability:
+    """``writers`` threads each append ``writes_each`` times under sync="always", each write
+    waiting for its sync; returns the stopped Durability."""
     durability = Durability("always", disk.sync, lambda error: None)
     lock = threading.Lock()
 
     def writer() -> None:
-        for _ in range(5):
+        for _ in range(writes_each):
             with lock:
                 disk.written += 1
                 position = disk.written
             durability.wait(position)
 
-    threads = [threading.Thread(target=writer) for _ in range(8)]
+    threads = [threading.Thread(target=writer) for _ in range(writers)]
     for thread in threads:
         thread.start()
     for thread in threads:
         thread.join()
     durability.stop()
+    return durability
+
+
+def test_concurrent_writers_share_fsyncs() -> None:
+    disk = FakeDisk(delay=0.02)
+    durability = run_writers(disk, 8, 5)
     assert durability.synced == 40
     assert disk.syncs < 40 / 2, f"{disk.syncs} syncs for 40 writes: no grouping"
 
@@ -62,23 +69,8 @@ def test_a_sync_gathers_the_writers_of_the_last_one() -> None:
     """With a slow disk, the writers that one sync woke are gathered into the next: groups do
     not settle into halves that take turns (the flusher-thread design covered about 4 of 8)."""
     disk = FakeDisk(delay=0.05)
-    durability = Durability("always", disk.sync, lambda error: None)
-    lock = threading.Lock()
     rounds = 6
-
-    def writer() -> None:
-        for _ in range(rounds):
-            with lock:
-                disk.written += 1
-                position = disk.written
-            durability.wait(position)
-
-    threads = [threading.Thread(target=writer) for _ in range(8)]
-    for thread in threads:
-        thread.start()
-    for thread in threads:
-        thread.join()
-    durability.stop()
+    durability = run_writers(disk, 8, rounds)
     assert durability.synced == 8 * rounds
     # The first sync may start before all 8 arrive; after that each covers all 8 (a loaded
     # machine can miss a gathering deadline now and then: 3 syncs of slack).
