@@ -151,6 +151,32 @@ def test_password_from_config_file(spawn: Spawn, tmp_path: Path) -> None:
     assert public.client(password="fromfile").ping() is True
 
 
+def test_config_lines_are_split_as_redis_does(spawn: Spawn, tmp_path: Path) -> None:
+    config = tmp_path / "kvs.conf"
+    config.write_text('REQUIREPASS "two words\\x21"\n')  # redis.conf: quotes, escapes, any case
+    server = spawn("--config", str(config))
+    with pytest.raises(redis.AuthenticationError):
+        server.client(password="two").ping()
+    assert server.client(password="two words!").ping() is True
+
+
+@pytest.mark.parametrize(
+    ("line", "message"),
+    [
+        ("requirepass two words\n", "requirepass takes one argument"),
+        ('requirepass "open\n', "unbalanced quotes"),
+        ("requirepass\n", "requirepass takes one argument"),
+    ],
+)
+def test_config_line_errors_name_the_line(tmp_path: Path, line: str, message: str) -> None:
+    config = tmp_path / "kvs.conf"
+    config.write_text("# settings\n" + line)
+    done = run_server_to_exit("--config", str(config), "--addr", f"127.0.0.1:{free_port()}",
+                              "--dir", str(tmp_path / "d"), cwd=tmp_path)  # fmt: skip
+    assert done.returncode == 1
+    assert f"kvs.conf:2: {message}" in done.stderr and "Traceback" not in done.stderr
+
+
 def test_bad_config_file_is_refused(tmp_path: Path) -> None:
     config = tmp_path / "kvs.conf"
     config.write_text("maxmemory 1gb\n")

@@ -27,6 +27,7 @@ from kvs.cli._args import UsageParser
 from kvs.cli.kvs import directory_engine
 from kvs.errors import KvsError, StoreLockedError
 from kvs.log import filenames
+from kvs.protocol.resp import split_args
 from kvs.server.app import KvsServer, Limits, is_loopback, new_event_loop, run
 from kvs.store import KvStore
 
@@ -76,7 +77,10 @@ def build_parser() -> argparse.ArgumentParser:
     )
     parser.add_argument("--requirepass", default=None, metavar="PASSWORD")
     parser.add_argument(
-        "--config", default=None, metavar="FILE", help="a file of 'requirepass PASSWORD' lines"
+        "--config",
+        default=None,
+        metavar="FILE",
+        help="a redis.conf-style file; its one setting: requirepass",
     )
     parser.add_argument("--protected-mode", choices=("yes", "no"), default="yes")
     parser.add_argument("--maxclients", type=int, default=10_000, metavar="N")
@@ -84,16 +88,28 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def _read_config(path: str) -> dict[str, str]:
+    """The settings of a redis.conf-style file: each line is split into words as Redis does
+    (``requirepass "two words"``), names in any case; only ``requirepass`` is known."""
     settings: dict[str, str] = {}
-    with open(path, encoding="utf-8") as f:
-        for number, line in enumerate(f, 1):
-            line = line.strip()
-            if not line or line.startswith("#"):
+    with open(path, "rb") as f:
+        for number, raw in enumerate(f, 1):
+            line = raw.strip()
+            if not line or line.startswith(b"#"):
                 continue
-            name, _, value = line.partition(" ")
-            if name not in ("requirepass",):
-                raise KvsError(f"{path}:{number}: unknown setting {name!r}")
-            settings[name] = value.strip()
+            words = split_args(line)
+            where = f"{path}:{number}"
+            if words is None:
+                raise KvsError(f"{where}: unbalanced quotes")
+            name = words[0].decode("utf-8", "replace").lower()
+            if name != "requirepass":
+                raise KvsError(f"{where}: unknown setting {name!r}")
+            if len(words) != 2:
+                raise KvsError(f"{where}: requirepass takes one argument (quote a password "
+                               "that holds spaces)")  # fmt: skip
+            try:
+                settings[name] = words[1].decode("utf-8")
+            except UnicodeDecodeError:
+                raise KvsError(f"{where}: the password is not UTF-8") from None
     return settings
 
 

@@ -192,8 +192,9 @@ def _dq_unescape(match: re.Match[bytes]) -> bytes:
     return _DQ_ESCAPES.get(char, char)
 
 
-def _split_inline(line: bytes) -> list[bytes] | None:
-    """Split an inline line the way Redis's sdssplitargs does; None if quotes are unbalanced."""
+def split_args(line: bytes) -> list[bytes] | None:
+    """Split a line into words the way Redis's sdssplitargs does (inline commands, and the
+    lines of a config file); None if its quotes are unbalanced."""
     nul = line.find(b"\x00")
     if nul >= 0:
         line = line[:nul]  # sdssplitargs reads a C string
@@ -594,7 +595,7 @@ class RespParser:
         stop = newline - 1 if newline > pos and buf[newline - 1] == 13 else newline
         if stop - pos > limit:
             raise self._fail(_TOO_BIG_INLINE)
-        words = _split_inline(bytes(buf[pos:stop]))
+        words = split_args(bytes(buf[pos:stop]))
         if words is None:
             raise self._fail(_UNBALANCED)
         return newline + 1, words
