@@ -270,3 +270,45 @@ def test_slow_loris_partial_command_is_closed(inproc: InProc) -> None:
         good.sendall(b"PING\r\n")
         assert recv_until(good) == b"+PONG\r\n"
     assert server.alive()
+
+
+def test_limits_from_the_command_line(spawn: Spawn) -> None:
+    """The flags (Redis's config names and size units) reach the server: each at its boundary
+    and one past, and in CONFIG GET."""
+    server = spawn(
+        "--proto-max-bulk-len", "1kb", "--client-query-buffer-limit", "2mb",
+        "--handshake-timeout", "0.5",
+    )  # fmt: skip
+    config = server.client(decode_responses=True).config_get("*")
+    assert config["proto-max-bulk-len"] == "1024"
+    assert config["client-query-buffer-limit"] == str(2 * 1024 * 1024)
+    value = b"v" * 1024
+    with server.connect() as sock:
+        sock.sendall(resp("SET", "k", value))
+        assert recv_until(sock) == b"+OK\r\n"
+        sock.sendall(resp("SET", "k", value + b"v"))
+        assert_protocol_error(sock, "invalid bulk length")
+    with server.connect() as idle:  # no complete command within the handshake timeout
+        started = time.monotonic()
+        assert is_closed(idle, 10)
+        assert time.monotonic() - started < 5
+    assert server.client().get("k") == value
+
+
+@pytest.mark.parametrize(
+    "flag",
+    [
+        ("--proto-max-bulk-len", "12x"),
+        ("--client-query-buffer-limit", "0"),
+        ("--handshake-timeout", "-1"),
+        ("--maxclients", "0"),
+    ],
+)
+def test_bad_limit_values_are_usage_errors(flag: tuple[str, str]) -> None:
+    import subprocess
+
+    from .helpers import KVS_SERVER
+
+    done = subprocess.run([KVS_SERVER, *flag], capture_output=True, text=True, timeout=30)
+    assert done.returncode == 2
+    assert f"argument {flag[0]}" in done.stderr and "Traceback" not in done.stderr

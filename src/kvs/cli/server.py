@@ -2,7 +2,8 @@
 
     kvs-server [--addr IP:PORT] [--engine NAME] [--dir PATH] [--sync POLICY]
                [--requirepass PASSWORD | --config FILE] [--protected-mode yes|no]
-               [--maxclients N] [-V]
+               [--maxclients N] [--proto-max-bulk-len BYTES]
+               [--client-query-buffer-limit BYTES] [--handshake-timeout SECONDS] [-V]
 
 Listens on ``127.0.0.1:4000`` unless ``--addr`` says otherwise (``[::1]:4000`` for IPv6); keeps
 its data in the current directory unless ``--dir``. Logs go to stderr. The engine a directory
@@ -83,8 +84,76 @@ def build_parser() -> argparse.ArgumentParser:
         help="a redis.conf-style file; its one setting: requirepass",
     )
     parser.add_argument("--protected-mode", choices=("yes", "no"), default="yes")
-    parser.add_argument("--maxclients", type=int, default=10_000, metavar="N")
+    parser.add_argument("--maxclients", type=positive_int, default=10_000, metavar="N")
+    defaults = Limits()
+    parser.add_argument(
+        "--proto-max-bulk-len",
+        type=memory_size,
+        default=defaults.max_bulk_len,
+        metavar="BYTES",
+        help="largest bulk string a client may send (default 512mb)",
+    )
+    parser.add_argument(
+        "--client-query-buffer-limit",
+        type=memory_size,
+        default=defaults.max_query_buffer,
+        metavar="BYTES",
+        help="most unprocessed input held for one client (default 1gb)",
+    )
+    parser.add_argument(
+        "--handshake-timeout",
+        type=seconds,
+        default=defaults.handshake_timeout,
+        metavar="SECONDS",
+        help="a new client must complete its first command this fast (default 10; 0: no limit)",
+    )
     return parser
+
+
+def positive_int(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"invalid number {text!r}") from None
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"must be at least 1, not {value}")
+    return value
+
+
+def seconds(text: str) -> float:
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"invalid number of seconds {text!r}") from None
+    if not 0 <= value < float("inf"):
+        raise argparse.ArgumentTypeError(f"must be 0 or more seconds, not {text!r}")
+    return value
+
+
+# Redis's memory units (redis.conf): k = 1000, kb = 1024, and so on.
+_UNITS = {
+    "": 1,
+    "b": 1,
+    "k": 1000,
+    "kb": 1024,
+    "m": 1000**2,
+    "mb": 1024**2,
+    "g": 1000**3,
+    "gb": 1024**3,
+}
+
+
+def memory_size(text: str) -> int:
+    """A size as redis.conf writes them: ``1048576``, ``512mb``, ``1gb``, ``100k``."""
+    lowered = text.strip().lower()
+    digits = lowered.rstrip("kmgb")
+    unit = lowered[len(digits) :]
+    if not digits.isdigit() or unit not in _UNITS:
+        raise argparse.ArgumentTypeError(f"invalid size {text!r} (examples: 1048576, 512mb)")
+    value = int(digits) * _UNITS[unit]
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"must be at least 1 byte, not {text!r}")
+    return value
 
 
 def _read_config(path: str) -> dict[str, str]:
@@ -206,7 +275,12 @@ def main(argv: Sequence[str] | None = None) -> int:
         sync=args.sync,
         directory=directory,
         password=password.encode() if password else None,
-        limits=Limits(max_clients=args.maxclients),
+        limits=Limits(
+            max_clients=args.maxclients,
+            max_bulk_len=args.proto_max_bulk_len,
+            max_query_buffer=args.client_query_buffer_limit,
+            handshake_timeout=args.handshake_timeout,
+        ),
     )
     log.info("kvs-server %s", __version__)
     log.info("storage engine: %s, sync: %s, data: %s", engine, args.sync, directory)

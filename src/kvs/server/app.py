@@ -275,6 +275,7 @@ class KvsServer:
             bind=f"{host}:{port}",
             max_clients=self.limits.max_clients,
             max_bulk_len=self.limits.max_bulk_len,
+            max_query_buffer=self.limits.max_query_buffer,
         )
         self.host = host
         self.port = port

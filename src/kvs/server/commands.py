@@ -57,6 +57,7 @@ class ServerState:
     bind: str = "127.0.0.1:4000"
     max_clients: int = 10_000
     max_bulk_len: int = 512 * 1024 * 1024
+    max_query_buffer: int = 1024 * 1024 * 1024
     started: float = field(default_factory=time.time)
     commands_processed: int = 0
     connections_received: int = 0
@@ -393,6 +394,7 @@ def _config(state: ServerState, session: Session, argv: list[bytes]) -> bytes:
         b"appendonly": b"yes",
         b"appendfsync": state.sync.encode(),
         b"bind": host.strip("[]").encode(),
+        b"client-query-buffer-limit": str(state.max_query_buffer).encode(),
         b"databases": b"1",
         b"dir": os.path.abspath(state.directory).encode(),
         b"maxclients": str(state.max_clients).encode(),
