@@ -184,3 +184,63 @@ def test_everysec_syncs_at_once_when_asked() -> None:
         time.sleep(0.01)
     assert durability.synced == 9, "sync_soon() waited for the next tick"
     durability.stop()
+
+
+class Interrupted(BaseException):
+    """Stands in for KeyboardInterrupt (a stray one must not end the test session)."""
+
+
+def test_an_interrupted_waiter_does_not_strand_the_writers_behind_it() -> None:
+    """The main thread waits behind a running sync and is interrupted by a signal; the sync
+    then ends, and the lead it hands on must reach a writer that is still waiting (it used to
+    go to the interrupted one's gate, leaving the other writer waiting for ever)."""
+    import signal
+
+    release = threading.Event()
+    calls = 0
+    written = 10
+
+    def sync() -> int:
+        nonlocal calls
+        calls += 1
+        target = written
+        if calls == 1:
+            release.wait(10)
+        return target
+
+    def interrupt(signum: int, frame: object) -> None:
+        raise Interrupted
+
+    durability = Durability("always", sync, lambda error: None)
+    leader = threading.Thread(target=durability.wait, args=(10,), daemon=True)
+    leader.start()
+    deadline = time.monotonic() + 5
+    while calls == 0 and time.monotonic() < deadline:
+        time.sleep(0.001)
+    written = 30
+    other = threading.Thread(target=durability.wait, args=(30,), daemon=True)
+
+    def start_other_then_interrupt_main() -> None:
+        while len(durability._gates) < 1 and time.monotonic() < deadline:
+            time.sleep(0.001)
+        other.start()
+        while len(durability._gates) < 2 and time.monotonic() < deadline:
+            time.sleep(0.001)
+        time.sleep(0.05)  # the main thread is blocked on its gate by now
+        signal.pthread_kill(threading.main_thread().ident or 0, signal.SIGINT)
+
+    previous = signal.signal(signal.SIGINT, interrupt)
+    try:
+        helper = threading.Thread(target=start_other_then_interrupt_main, daemon=True)
+        helper.start()
+        with pytest.raises(Interrupted):
+            durability.wait(20)
+        helper.join(5)
+    finally:
+        signal.signal(signal.SIGINT, previous)
+    release.set()
+    leader.join(5)
+    other.join(5)
+    assert not other.is_alive(), "the writer behind the interrupted one was never synced"
+    assert durability.synced == 30
+    durability.stop()

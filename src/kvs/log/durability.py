@@ -116,11 +116,25 @@ class Durability:
                     gate.acquire()
                     self._gates.append((position, gate))
             if leader:
-                self._gather_writers()
+                try:
+                    self._gather_writers()
+                except BaseException:  # interrupted (KeyboardInterrupt): let another lead
+                    with self._lock:
+                        self._syncing = False
+                        self._idle.notify_all()
+                        self._open_gates()
+                    raise
                 self._run_sync()
             else:
-                gate.acquire()  # opened when a sync covers position, when this thread is to
-                # lead the next sync, or on a failure or stop
+                try:
+                    gate.acquire()  # opened when a sync covers position, when this thread is
+                    # to lead the next sync, or on a failure or stop
+                except BaseException:  # interrupted: leave, and pass on a lead handed to us
+                    with self._lock:
+                        if (position, gate) in self._gates:
+                            self._gates.remove((position, gate))
+                        self._open_gates()
+                    raise
 
     def _gather_writers(self) -> None:
         """Before a leader syncs: the writers the last sync woke are runnable but may not have
