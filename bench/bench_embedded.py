@@ -1426,7 +1426,9 @@ The workload: 200,000 keys `b"key%09d"` ({KEY_SIZE} bytes) with {VALUE_SIZE}-byt
 4. overwrites of every key, in random order, with new values;
 5. batched writes, {BATCH_SIZE} pairs per batch, through each engine's batch/transaction API;
 6. durable writes, an fsync before every write returns (2,000 writes);
-7. group commit: kvs with `sync="always"`, 1 writer thread against {GROUP_THREADS};
+7. group commit: kvs with `sync="always"`, 1 writer thread against {GROUP_THREADS}, with the
+   writes per fdatasync and this machine's ceiling for the ratio, measured in the same rounds
+   by `bench/bench_group_commit_ceiling.py`'s probes;
 8. reopen time of a 1,000,000-key store (open + first get, in a fresh process);
 9. bytes on disk after workloads 1 + 4, and kvs's memory per key.
 
