@@ -16,6 +16,17 @@ class UsageParser(argparse.ArgumentParser):
         self.exit(EXIT_USAGE, f"{self.prog}: error: {message}\n")
 
 
+def positive_int(text: str) -> int:
+    """An argparse ``type``: a whole number of at least 1."""
+    try:
+        number = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"not a whole number: {text!r}") from None
+    if number < 1:
+        raise argparse.ArgumentTypeError(f"must be at least 1, not {number}")
+    return number
+
+
 def add_set_get_rm(commands: argparse._SubParsersAction[UsageParser], common: UsageParser) -> None:
     """The ``set KEY VALUE``, ``get KEY`` and ``rm KEY`` subcommands, taking ``common``'s
     options on either side of the subcommand."""

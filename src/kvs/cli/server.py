@@ -24,7 +24,7 @@ import sys
 from collections.abc import Sequence
 
 from kvs import __version__, engines
-from kvs.cli._args import UsageParser
+from kvs.cli._args import UsageParser, positive_int
 from kvs.cli.kvs import directory_engine
 from kvs.errors import KvsError, StoreLockedError
 from kvs.log import filenames
@@ -108,16 +108,6 @@ def build_parser() -> argparse.ArgumentParser:
         help="a new client must complete its first command this fast (default 10; 0: no limit)",
     )
     return parser
-
-
-def positive_int(text: str) -> int:
-    try:
-        value = int(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"invalid number {text!r}") from None
-    if value < 1:
-        raise argparse.ArgumentTypeError(f"must be at least 1, not {value}")
-    return value
 
 
 def seconds(text: str) -> float:

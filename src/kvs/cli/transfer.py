@@ -83,6 +83,7 @@ from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass
 from typing import IO, Any, Protocol, runtime_checkable
 
+from kvs.cli._args import positive_int
 from kvs.errors import KeyNotFound, KvsError
 from kvs.store import Key, KvStore, Value, WriteBatch
 
@@ -437,16 +438,6 @@ class Progress:
 # -- the command line ------------------------------------------------------------------------
 
 
-def _positive(text: str) -> int:
-    try:
-        number = int(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"not a whole number: {text!r}") from None
-    if number < 1:
-        raise argparse.ArgumentTypeError(f"must be at least 1, not {number}")
-    return number
-
-
 def add_parsers(commands: argparse._SubParsersAction[Any], common: argparse.ArgumentParser) -> None:
     """The ``export`` and ``import`` subcommands, taking ``common``'s options (``--dir``, and
     the engine options) on either side of the subcommand."""
@@ -472,7 +463,7 @@ def add_parsers(commands: argparse._SubParsersAction[Any], common: argparse.Argu
     )
     import_cmd.add_argument(
         "--batch",
-        type=_positive,
+        type=positive_int,
         default=DEFAULT_BATCH,
         metavar="N",
         help=f"keys per atomic batch (default {DEFAULT_BATCH}; on a Redis Cluster atomic per hash "
