@@ -32,7 +32,7 @@ import statistics
 import tempfile
 import threading
 import time
-from _thread import allocate_lock
+from _thread import LockType, allocate_lock
 
 from kvs import KvStore
 
@@ -64,7 +64,7 @@ def wake_seconds(rounds: int) -> float:
     """Time per woken thread of a leader waking WRITERS - 1 blocked threads, round after round."""
     waiting = WRITERS - 1
     lock = threading.Lock()
-    gates: list[object] = []
+    gates: list[LockType] = []
     all_waiting = allocate_lock()
     all_waiting.acquire()
 
@@ -88,7 +88,7 @@ def wake_seconds(rounds: int) -> float:
             woken = list(gates)
             gates.clear()
         for gate in woken:
-            gate.release()  # type: ignore[attr-defined]
+            gate.release()
     for thread in threads:
         thread.join()
     return (time.perf_counter() - started) / rounds / waiting
