@@ -153,20 +153,23 @@ def execute(state: ServerState, session: Session, argv: list[bytes]) -> bytes:
     # _run(), inlined: this is the path of every command.
     try:
         return cmd.handler(state, session, argv)
-    except ReadOnlyError as error:
-        return b"-READONLY %b\r\n" % _one_line(str(error))
-    except KvsError as error:  # LimitError, StorageError, ...
-        return b"-ERR %b\r\n" % _one_line(str(error))
+    except KvsError as error:
+        return _store_error_reply(error)
 
 
 def _run(cmd: Command, state: ServerState, session: Session, argv: list[bytes]) -> bytes:
     """The handler's reply, or the store's error as a Redis error reply."""
     try:
         return cmd.handler(state, session, argv)
-    except ReadOnlyError as error:
-        return b"-READONLY %b\r\n" % _one_line(str(error))
-    except KvsError as error:  # LimitError, StorageError, ...
-        return b"-ERR %b\r\n" % _one_line(str(error))
+    except KvsError as error:
+        return _store_error_reply(error)
+
+
+def _store_error_reply(error: KvsError) -> bytes:
+    """A store error as Redis replies it: ``-READONLY`` for a read-only store, else ``-ERR``
+    (LimitError, StorageError, ...)."""
+    prefix = b"-READONLY" if isinstance(error, ReadOnlyError) else b"-ERR"
+    return b"%b %b\r\n" % (prefix, _one_line(str(error)))
 
 
 def _unknown_command(argv: list[bytes]) -> bytes:
