@@ -436,3 +436,24 @@ def test_signal_during_a_compaction(spawn: Spawn, signum: int) -> None:
     for key in keys:
         got = client.get(key)
         assert got in (big(key, last[key]), big(key, in_flight[key])), (key, (got or b"")[:20])
+
+
+def test_store_errors_become_redis_error_replies(inproc: InProc) -> None:
+    """A store that turned read-only (a failed fsync) answers writes with -READONLY, as a Redis
+    replica does, and keeps serving reads; other store errors are -ERR."""
+    server = inproc()
+    client = server.client()
+    client.set("k", "v")
+    too_long = b"k" * (1024 * 1024 + 1)  # over the store's key limit (a LimitError)
+    with server.connect() as sock:
+        sock.sendall(b"*3\r\n$3\r\nSET\r\n$%d\r\n%b\r\n$1\r\nv\r\n" % (len(too_long), too_long))
+        assert recv_until(sock) == (b"-ERR key of 1048577 bytes is over the limit of 1048576\r\n")
+    store = server.store
+
+    def fail_fsyncs() -> None:
+        store._failure = "fsync failed: injected"  # type: ignore[attr-defined]
+
+    server.call(fail_fsyncs)
+    with pytest.raises(redis.ReadOnlyError, match="read-only: fsync failed: injected"):
+        client.set("k", "w")
+    assert client.get("k") == b"v"
