@@ -4,6 +4,10 @@ Per connection: bytes in -> ``RespParser`` -> ``commands.execute`` -> replies ou
 event loop's thread (so every command is atomic with respect to other clients). The server
 adds what a socket needs and the pure layers do not know about:
 
+* **Replies are written once per loop turn**, after every connection's input of that turn
+  has been served (as Redis writes them in ``beforeSleep``): a client reading many
+  connections then finds its next reply already there instead of being woken for each one
+  (measured with ``-P 16``: about 20% more requests/s, a third of the kernel time per request).
 * **Group commit** under ``sync="always"``: the store only hands writes to the OS; the server
   holds back the replies of every connection served in one turn of the event loop, makes one
   ``fsync`` for all of them, then sends them (Redis's ``appendfsync always`` does the same).
@@ -224,7 +228,7 @@ class _Connection(asyncio.Protocol):
         if wrote and self.server.group_commit:
             self.server.hold_until_synced(self, payload)
         else:
-            self.deliver(payload)
+            self.server.queue_reply(self, payload)
 
     def deliver(self, payload: bytes) -> None:
         transport, session = self.transport, self.session
@@ -282,6 +286,7 @@ class KvsServer:
         self.group_commit = sync == "always"
         self.connections: set[_Connection] = set()
         self._held: list[tuple[_Connection, bytes]] = []
+        self._unsent: list[tuple[_Connection, bytes]] = []
         self._server: asyncio.Server | None = None
         self._stopped: asyncio.Event | None = None
         self._loop: asyncio.AbstractEventLoop | None = None
@@ -303,6 +308,18 @@ class KvsServer:
     async def serve_until_shutdown(self) -> None:
         assert self._stopped is not None
         await self._stopped.wait()
+
+    def queue_reply(self, connection: _Connection, payload: bytes) -> None:
+        """Send ``payload`` once this loop turn's reads are served (see the module doc)."""
+        if not self._unsent:
+            assert self._loop is not None
+            self._loop.call_soon(self._write_replies)
+        self._unsent.append((connection, payload))
+
+    def _write_replies(self) -> None:
+        unsent, self._unsent = self._unsent, []
+        for connection, payload in unsent:
+            connection.deliver(payload)
 
     def hold_until_synced(self, connection: _Connection, payload: bytes) -> None:
         """Group commit: send ``payload`` after the fsync that ends this loop turn."""
@@ -334,6 +351,8 @@ class KvsServer:
         """Stop accepting, send what is owed, close every connection, close the store."""
         if self._server is not None:
             self._server.close()
+        if self._unsent:
+            self._write_replies()
         if self._held:
             self._sync_and_release()
         for connection in list(self.connections):
