@@ -3,9 +3,10 @@ been served, as Redis writes them in ``beforeSleep``.
 
 Writing each connection's replies the moment its commands ran made the client (one process
 reading 50 connections) wake up once per reply; writing them together right after the reads
-let it find the next reply already there (``bench/bench_server.py``, ``-P 16``: about 20%
-more requests/s, a third of the kernel time). These tests drive the server's per-connection
-protocol object on a real event loop with a recording transport, so they see each write.
+let it find the next reply already there (``bench/ab_server.py``, ``-P 16``: 12-24% more
+requests/s; kernel time per request down from 0.8-1.0 to 0.3-0.4 µs). These tests drive the
+server's per-connection protocol object on a real event loop with a recording transport, so
+they see each write.
 """
 
 from __future__ import annotations
