@@ -84,7 +84,8 @@ def test_replies_are_written_together_after_the_reads_of_one_loop_turn(tmp_path:
             assert server.state.store.get(b"a") == b"1"
             assert first_out.writes == [] and second_out.writes == []
             await asyncio.sleep(0)  # one loop turn
-            assert first_out.writes == [b"+OK\r\n", b"$1\r\n1\r\n"]
+            # Each connection's replies of the turn go out in one write, two reads' worth here.
+            assert first_out.writes == [b"+OK\r\n$1\r\n1\r\n"]
             assert second_out.writes == [b"+PONG\r\n$1\r\n1\r\n"]
         finally:
             await server.shutdown()
@@ -115,6 +116,69 @@ def test_a_protocol_error_reply_is_written_before_the_connection_closes(tmp_path
             assert out.writes == [b"-ERR Protocol error: invalid bulk length\r\n"]
             assert out.closed
         finally:
+            await server.shutdown()
+
+    asyncio.run(scenario())
+
+
+def test_two_reads_in_one_turn_keep_every_reply_and_their_order(tmp_path: Path) -> None:
+    """The event loop may hand a connection several reads before the turn ends (found by
+    tests/server/test_limits.py: a reply was lost). A read that completes no command, then
+    one whose command ends the session, must still get that command's reply."""
+
+    async def scenario() -> None:
+        server = await _started_server(tmp_path)
+        try:
+            connection, out = _connect(server)
+            connection.data_received(b"PING\r\nECH")  # PING, and half a command
+            connection.data_received(b"O hi\r\nQUIT\r\n")
+            assert out.writes == []
+            await asyncio.sleep(0)
+            assert out.writes == [b"+PONG\r\n$2\r\nhi\r\n+OK\r\n"]
+            assert out.closed
+
+            connection, out = _connect(server)
+            connection.data_received(b"x" * 65536)  # an inline line at the limit: no reply yet
+            connection.data_received(b"x")  # one past it
+            await asyncio.sleep(0)
+            assert out.writes == [b"-ERR Protocol error: too big inline request\r\n"]
+            assert out.closed
+        finally:
+            await server.shutdown()
+
+    asyncio.run(scenario())
+
+
+def test_a_failed_group_commit_fsync_turns_write_replies_into_errors(tmp_path: Path) -> None:
+    """Under sync="always" the turn's replies wait for one fsync; if it fails, each
+    connection's first reply to a write becomes an error and the connection closes, while
+    a connection that only read gets its replies."""
+
+    async def scenario() -> None:
+        store = KvStore.open(tmp_path, sync="always")
+        server = KvsServer(store, host="127.0.0.1", port=0, sync="always")
+        await server.start()
+        try:
+            synced: list[bool] = []
+
+            def failing_sync() -> None:
+                synced.append(True)
+                raise OSError(5, "Input/output error (injected)")
+
+            store.sync = failing_sync  # type: ignore[method-assign]
+            writer, writer_out = _connect(server)
+            reader, reader_out = _connect(server)
+            writer.data_received(b"PING\r\n")
+            writer.data_received(b"*3\r\n$3\r\nSET\r\n$1\r\nk\r\n$1\r\nv\r\nPING\r\n")
+            reader.data_received(b"*2\r\n$3\r\nGET\r\n$1\r\nk\r\n")
+            await asyncio.sleep(0)
+            assert synced == [True]
+            failed = b"-ERR fsync failed: the write is not durable; see the server log\r\n"
+            assert writer_out.writes == [b"+PONG\r\n" + failed]
+            assert writer_out.closed
+            assert reader_out.writes == [b"$1\r\nv\r\n"] and not reader_out.closed
+        finally:
+            store.sync = lambda: None  # type: ignore[method-assign]
             await server.shutdown()
 
     asyncio.run(scenario())
