@@ -12,6 +12,8 @@ they see each write.
 from __future__ import annotations
 
 import asyncio
+import contextlib
+from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any
 
@@ -58,10 +60,15 @@ class RecordingTransport:
         pass
 
 
-async def _started_server(directory: Path) -> KvsServer:
-    server = KvsServer(KvStore.open(directory), host="127.0.0.1", port=0)
+@contextlib.asynccontextmanager
+async def serving(directory: Path, sync: str = "everysec") -> AsyncIterator[KvsServer]:
+    """A started KvsServer on a store in ``directory``, shut down (store closed) on exit."""
+    server = KvsServer(KvStore.open(directory, sync=sync), host="127.0.0.1", port=0, sync=sync)
     await server.start()
-    return server
+    try:
+        yield server
+    finally:
+        await server.shutdown()
 
 
 def _connect(server: KvsServer) -> tuple[_Connection, RecordingTransport]:
@@ -73,8 +80,7 @@ def _connect(server: KvsServer) -> tuple[_Connection, RecordingTransport]:
 
 def test_replies_are_written_together_after_the_reads_of_one_loop_turn(tmp_path: Path) -> None:
     async def scenario() -> None:
-        server = await _started_server(tmp_path)
-        try:
+        async with serving(tmp_path) as server:
             first, first_out = _connect(server)
             second, second_out = _connect(server)
             first.data_received(b"*3\r\n$3\r\nSET\r\n$1\r\na\r\n$1\r\n1\r\n")
@@ -87,36 +93,31 @@ def test_replies_are_written_together_after_the_reads_of_one_loop_turn(tmp_path:
             # Each connection's replies of the turn go out in one write, two reads' worth here.
             assert first_out.writes == [b"+OK\r\n$1\r\n1\r\n"]
             assert second_out.writes == [b"+PONG\r\n$1\r\n1\r\n"]
-        finally:
-            await server.shutdown()
 
     asyncio.run(scenario())
 
 
 def test_shutdown_writes_the_queued_replies_before_closing(tmp_path: Path) -> None:
     async def scenario() -> None:
-        server = await _started_server(tmp_path)
-        connection, out = _connect(server)
-        connection.data_received(b"*2\r\n$4\r\nECHO\r\n$3\r\nbye\r\n")
-        await server.shutdown()  # before any loop turn could write the reply
-        assert out.writes == [b"$3\r\nbye\r\n"]
-        assert out.closed
+        async with serving(tmp_path) as server:
+            connection, out = _connect(server)
+            connection.data_received(b"*2\r\n$4\r\nECHO\r\n$3\r\nbye\r\n")
+            await server.shutdown()  # before any loop turn could write the reply
+            assert out.writes == [b"$3\r\nbye\r\n"]
+            assert out.closed
 
     asyncio.run(scenario())
 
 
 def test_a_protocol_error_reply_is_written_before_the_connection_closes(tmp_path: Path) -> None:
     async def scenario() -> None:
-        server = await _started_server(tmp_path)
-        try:
+        async with serving(tmp_path) as server:
             connection, out = _connect(server)
             connection.data_received(b"*1\r\n$-5\r\n")
             assert out.writes == [] and not out.closed
             await asyncio.sleep(0)
             assert out.writes == [b"-ERR Protocol error: invalid bulk length\r\n"]
             assert out.closed
-        finally:
-            await server.shutdown()
 
     asyncio.run(scenario())
 
@@ -127,8 +128,7 @@ def test_two_reads_in_one_turn_keep_every_reply_and_their_order(tmp_path: Path) 
     one whose command ends the session, must still get that command's reply."""
 
     async def scenario() -> None:
-        server = await _started_server(tmp_path)
-        try:
+        async with serving(tmp_path) as server:
             connection, out = _connect(server)
             connection.data_received(b"PING\r\nECH")  # PING, and half a command
             connection.data_received(b"O hi\r\nQUIT\r\n")
@@ -143,8 +143,6 @@ def test_two_reads_in_one_turn_keep_every_reply_and_their_order(tmp_path: Path) 
             await asyncio.sleep(0)
             assert out.writes == [b"-ERR Protocol error: too big inline request\r\n"]
             assert out.closed
-        finally:
-            await server.shutdown()
 
     asyncio.run(scenario())
 
@@ -155,10 +153,9 @@ def test_a_failed_group_commit_fsync_turns_write_replies_into_errors(tmp_path: P
     a connection that only read gets its replies."""
 
     async def scenario() -> None:
-        store = KvStore.open(tmp_path, sync="always")
-        server = KvsServer(store, host="127.0.0.1", port=0, sync="always")
-        await server.start()
-        try:
+        async with serving(tmp_path, sync="always") as server:
+            store = server.state.store
+            real_sync = store.sync
             synced: list[bool] = []
 
             def failing_sync() -> None:
@@ -172,13 +169,11 @@ def test_a_failed_group_commit_fsync_turns_write_replies_into_errors(tmp_path: P
             writer.data_received(b"*3\r\n$3\r\nSET\r\n$1\r\nk\r\n$1\r\nv\r\nPING\r\n")
             reader.data_received(b"*2\r\n$3\r\nGET\r\n$1\r\nk\r\n")
             await asyncio.sleep(0)
+            store.sync = real_sync  # type: ignore[method-assign]
             assert synced == [True]
             failed = b"-ERR fsync failed: the write is not durable; see the server log\r\n"
             assert writer_out.writes == [b"+PONG\r\n" + failed]
             assert writer_out.closed
             assert reader_out.writes == [b"$1\r\nv\r\n"] and not reader_out.closed
-        finally:
-            store.sync = lambda: None  # type: ignore[method-assign]
-            await server.shutdown()
 
     asyncio.run(scenario())
