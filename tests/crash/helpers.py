@@ -150,7 +150,18 @@ def flip_bit(path: str, offset: int, bit: int) -> None:
 
 
 def copy_dir(src: str | os.PathLike[str], dst: str | os.PathLike[str]) -> str:
-    shutil.copytree(src, dst)
+    """Copy a store directory, also one that is open: what a crash would leave of it.
+
+    An open store's background thread may rename or remove a file while it is being copied
+    (a hint's ``.tmp`` becoming the hint): a file that is gone by the time it is copied is
+    left out, as a crash a moment later would have left it out.
+    """
+
+    def copy_if_present(source: str, target: str) -> None:
+        with contextlib.suppress(FileNotFoundError):
+            shutil.copy2(source, target)
+
+    shutil.copytree(src, dst, copy_function=copy_if_present)
     return str(dst)
 
 

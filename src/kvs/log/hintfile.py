@@ -47,6 +47,7 @@ EXPIRY: Final = struct.Struct("<IQ")
 CRC: Final = struct.Struct("<I")
 
 HAS_TOMBSTONES: Final = 0x0001
+_SLICE: Final = 32_768
 
 
 def pack_location(offset: int, size: int) -> int:
@@ -72,9 +73,17 @@ def encode(
     locations: list[int],
     expiries: dict[int, int],
 ) -> bytes:
-    flags = HAS_TOMBSTONES if 0 in locations else 0
-    locs = array("Q", locations)
-    lens = array("I", map(len, keys))
+    has_tombstones = False
+    locs = array("Q")
+    lens = array("I")
+    # In slices: one C call over a whole file's half a million keys holds the GIL ~10 ms, and
+    # with it the writers on other threads (this runs on the hint and compaction threads).
+    for start in range(0, len(keys), _SLICE):
+        some = locations[start : start + _SLICE]
+        has_tombstones = has_tombstones or 0 in some
+        locs.fromlist(some)
+        lens.extend(map(len, keys[start : start + _SLICE]))
+    flags = HAS_TOMBSTONES if has_tombstones else 0
     if sys.byteorder != "little":  # pragma: no cover - the format is little-endian
         locs.byteswap()
         lens.byteswap()
