@@ -603,7 +603,7 @@ class LogStore(KvStore):
             ]
             new = dict(zip(keys, locations, strict=True))
             index = self._index
-            olds = [old for old in map(index.get, new) if old is not None]
+            olds = list(filter(None, map(index.get, new)))  # a location is never 0
             index.update(new)
             added = sum(sizes) if len(new) == len(sizes) else sum(location_sizes(new.values()))
             self._live += added - sum(location_sizes(olds))
