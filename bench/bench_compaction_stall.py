@@ -200,8 +200,6 @@ def run(config: Config, root: str) -> Results:
 # -- the report --------------------------------------------------------------------------------
 
 
-
-
 def median(samples: list[Sample], what: str) -> float:
     return float(statistics.median(getattr(sample, what) for sample in samples))
 

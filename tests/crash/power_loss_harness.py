@@ -265,9 +265,7 @@ class Recorder:
     ) -> None:
         work = self.workload
         low = work.acked if work.policy == "always" else self.durable
-        crash = self.crashes.setdefault(
-            (kind, tuple(image.items())), Crash(image, kind=kind)
-        )
+        crash = self.crashes.setdefault((kind, tuple(image.items())), Crash(image, kind=kind))
         crash.requirements.append(Requirement(low, work.started, work.acked, where))
         if durable_lengths is not None:
             crash.durable_lengths = durable_lengths
@@ -414,8 +412,7 @@ def audit_problems(fs: FaultyFileSystem) -> list[str]:
         name = os.path.basename(event.path)
         if event.name == "append.write" and not event.name_durable:
             problems.append(
-                f"op {event.op_number}: a write into {name} before its directory entry was "
-                "durable"
+                f"op {event.op_number}: a write into {name} before its directory entry was durable"
             )
         elif event.name == "rename" and not event.content_durable:
             problems.append(f"op {event.op_number}: {name} renamed before it was synced")

@@ -35,9 +35,7 @@ values = st.one_of(st.binary(max_size=300), st.text(max_size=50))
 ttls = st.one_of(st.none(), st.just(3600.0))
 HOUR = 3600
 
-SETTINGS = settings(
-    max_examples=soak_scale(100, 2000), stateful_step_count=50, deadline=None
-)
+SETTINGS = settings(max_examples=soak_scale(100, 2000), stateful_step_count=50, deadline=None)
 
 
 def raw(key: str | bytes) -> bytes:

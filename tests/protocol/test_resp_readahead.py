@@ -87,9 +87,7 @@ def test_buffered_bytes_counts_requests_read_ahead() -> None:
 
 
 def test_small_limits_are_kept() -> None:
-    commands, error = run(
-        RespParser(max_bulk_len=10), [encode_command([b"SET", b"k", b"v" * 11])]
-    )
+    commands, error = run(RespParser(max_bulk_len=10), [encode_command([b"SET", b"k", b"v" * 11])])
     assert (commands, error) == ([], INVALID_BULK)
     many = encode_command([b"a"] * 6)
     commands, error = run(RespParser(max_args=5), [many])

@@ -58,9 +58,7 @@ def factory(name: str) -> EngineFactory:
         return found
     target = _BUILTIN.get(name)
     if target is None:
-        raise UnknownEngineError(
-            f"unknown engine {name!r}; available: {', '.join(available())}"
-        )
+        raise UnknownEngineError(f"unknown engine {name!r}; available: {', '.join(available())}")
     module_name, _, attribute = target.partition(":")
     loaded: EngineFactory = getattr(importlib.import_module(module_name), attribute)
     _registry[name] = loaded

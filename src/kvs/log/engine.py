@@ -1087,9 +1087,7 @@ class LogStore(KvStore):
             # The last writes may not be durable: say so, if this sync failed, or if an
             # earlier one (everysec's, in the background) did and no caller has been told.
             untold = not (self._failure_delivered or self._durability.error_delivered)
-            if isinstance(sync_error, StorageError) and (
-                sync_error is not failed_before or untold
-            ):
+            if isinstance(sync_error, StorageError) and (sync_error is not failed_before or untold):
                 errors.append(sync_error)
             for job in list(self._pending_hints.values()):
                 if job.state.file_id in self._sealed:  # not a file compaction just deleted

@@ -566,7 +566,8 @@ class FaultyFileSystem:
                 self._durable_names[directory] = names
                 self._durable_as_of[directory] = snapshot
                 self._name_changes[directory] = [
-                    change for change in self._name_changes.get(directory, [])
+                    change
+                    for change in self._name_changes.get(directory, [])
                     if change[0] > snapshot
                 ]
         self._after_sync(number, "fsync_dir", path)

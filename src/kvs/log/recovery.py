@@ -35,7 +35,6 @@ from kvs.store import now_ms
 log = logging.getLogger("kvs")
 
 
-
 _U32 = 0xFFFFFFFF
 
 
@@ -72,8 +71,6 @@ class Recovered:
     newest_tombstones: set[bytes] = field(default_factory=set)
     torn_newest: bool = False  # the newest file had a torn tail that was cut off
     next_id: int = 1
-
-
 
 
 def recover(fs: FileSystem, directory: str) -> Recovered:
