@@ -38,3 +38,19 @@ def test_every_truncation_and_flip_is_detected() -> None:
         flipped = bytearray(data)
         flipped[i] ^= 0x01
         assert isinstance(hintfile.decode(bytes(flipped)), str)
+
+
+def test_hint_of_many_keys_round_trips() -> None:
+    """Past the slice encode() works in (32,768 keys): every slice lands in order, and a
+    tombstone only in the last slice still sets the flag."""
+    count = 100_003
+    keys = [b"k%d" % i for i in range(count)]
+    locations = [hintfile.pack_location(32 + 20 * i, 20) for i in range(count)]
+    for with_tombstone in (False, True):
+        if with_tombstone:
+            locations[-1] = 0
+        hint = hintfile.decode(hintfile.encode(7, 8, 32 + 20 * count, keys, locations, {}))
+        assert isinstance(hint, hintfile.Hint)
+        assert hint.keys == keys
+        assert hint.locations == locations
+        assert hint.has_tombstones is with_tombstone
