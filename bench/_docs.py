@@ -7,6 +7,7 @@ rest of the file alone.
 
 from __future__ import annotations
 
+import argparse
 import datetime
 import os
 import platform
@@ -16,6 +17,13 @@ from pathlib import Path
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
 DOCS_PATH = REPO_ROOT / "docs" / "benchmarks.md"
+
+
+def add_run_options(parser: argparse.ArgumentParser) -> None:
+    """The options of a script that records its table here: --write-docs, --quick, --tmp-dir."""
+    parser.add_argument("--write-docs", action="store_true", help="update docs/benchmarks.md")
+    parser.add_argument("--quick", action="store_true", help="small counts: a ~30 s smoke run")
+    parser.add_argument("--tmp-dir", help="where the stores go (default: the system temp dir)")
 
 
 def write_section(

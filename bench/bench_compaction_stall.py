@@ -51,6 +51,7 @@ from typing import Any
 
 from _docs import (  # this directory is sys.path[0]
     DOCS_PATH,
+    add_run_options,
     run_stamp,
     table,
     write_section,
@@ -316,9 +317,7 @@ def parse_args(argv: Sequence[str]) -> Config:
         "--seconds", type=float, help="timed sets run this long per measurement (default 4)"
     )
     parser.add_argument("--rounds", type=int, help="rounds, median kept (default 5)")
-    parser.add_argument("--write-docs", action="store_true", help="update docs/benchmarks.md")
-    parser.add_argument("--quick", action="store_true", help="small counts: a ~30 s smoke run")
-    parser.add_argument("--tmp-dir", help="where the stores go (default: the system temp dir)")
+    add_run_options(parser)
     args = parser.parse_args(argv)
     quick = bool(args.quick)
     defaults = (20_000, 3, 1.5, 2) if quick else (100_000, 3, 4.0, 5)

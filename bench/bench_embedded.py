@@ -69,6 +69,7 @@ from typing import Any
 import bench_group_commit_ceiling as ceiling  # this directory is sys.path[0]
 from _docs import (  # this directory is sys.path[0]
     DOCS_PATH,
+    add_run_options,
     run_stamp,
     table,
     write_section,
@@ -1490,9 +1491,7 @@ def parse_args(argv: Sequence[str]) -> Config:
         "--only",
         help=f"comma-separated engines to run (kvs always runs): {','.join(ALL_ENGINES)}",
     )
-    parser.add_argument("--write-docs", action="store_true", help="update docs/benchmarks.md")
-    parser.add_argument("--quick", action="store_true", help="small counts: a ~30 s smoke run")
-    parser.add_argument("--tmp-dir", help="where the stores go (default: the system temp dir)")
+    add_run_options(parser)
     args = parser.parse_args(argv)
     quick = bool(args.quick)
     defaults = (40_000, 2, 500, 200_000) if quick else (200_000, 3, 2_000, 1_000_000)
