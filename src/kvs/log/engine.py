@@ -777,8 +777,10 @@ class LogStore(KvStore):
             raise StorageError(self._active.path, error) from None
         return self._off
 
-    def _rotate(self, capacity: int, reserve_ids: int = 0) -> None:
+    def _rotate(self, capacity: int, reserve_ids: int = 0) -> dict[bytes, int] | None:
         """Seal the active file (hint, sync, trim) and start a new one. Requires ``_lock``.
+        Returns the copy of the index taken for the sealed file's hint (``None`` if it needed
+        none): the index as it still is, for a caller that keeps holding ``_lock``.
 
         If a step fails once the old file is closed, there is no file to append to: the store
         turns read-only (reads keep working) until it is reopened.
@@ -800,6 +802,7 @@ class LogStore(KvStore):
                         target=self._background_hint, args=(hint_job,), daemon=True
                     ).start()
         self._durability_mark(self._pos_base)
+        return None if hint_job is None else hint_job.index
 
     def _durability_mark(self, position: int) -> None:
         durability = getattr(self, "_durability", None)
@@ -934,15 +937,17 @@ class LogStore(KvStore):
             reserve = 2 * (len(self._sealed) + 1) + 1
             first_output = self._next_id
             try:
-                self._rotate(self._max_file_size, reserve_ids=reserve)
+                index = self._rotate(self._max_file_size, reserve_ids=reserve)
             except OSError as error:
                 if isinstance(error, KvsError):
                     raise
                 raise StorageError(self.path, error) from None
             input_ids = sorted(self._sealed)
-            # Under the lock only a C-level copy (1M keys: ~20 ms); the selection, a Python
-            # loop over every key, runs after it (it held writers off ~200 ms at 1M keys).
-            index = self._index.copy()
+            # Under the lock only a C-level copy (1M keys: ~20 ms; the rotation's, if it took
+            # one: only read, here and by the hint thread); the selection, a Python loop over
+            # every key, runs after it (it held writers off ~200 ms at 1M keys).
+            if index is None:
+                index = self._index.copy()
             views = dict(self._views)
         input_set = set(input_ids)
         snapshot = [(key, loc) for key, loc in index.items() if loc >> 64 in input_set]
