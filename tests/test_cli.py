@@ -107,6 +107,28 @@ def test_binary_values_are_written_raw(tmp_path: Path) -> None:
     assert result.stdout == b"\xff\x00raw\n"
 
 
+def test_arguments_that_are_not_utf8_are_stored_as_the_bytes_given(tmp_path: Path) -> None:
+    """Such arguments used to end in a UnicodeEncodeError traceback and exit 1, the status of
+    "Key not found". They are kept as the raw bytes the shell passed, as kvs-client does."""
+
+    def run_raw(*args: bytes) -> subprocess.CompletedProcess[bytes]:
+        return subprocess.run(
+            [*map(os.fsencode, KVS), *args], cwd=tmp_path, capture_output=True, timeout=60
+        )
+
+    assert run_raw(b"set", b"\xff", b"caf\xe9").returncode == 0
+    got = run_raw(b"get", b"\xff")
+    assert (got.returncode, got.stdout, got.stderr) == (0, b"caf\xe9\n", b"")
+    with KvStore.open(str(tmp_path)) as store:
+        assert store.get(b"\xff") == b"caf\xe9"
+    removed = run_raw(b"rm", b"\xff")
+    assert (removed.returncode, removed.stdout, removed.stderr) == (0, b"", b"")
+    assert run_raw(b"get", b"\xff").stdout == b"Key not found\n"
+    assert run_raw(b"set", "clé".encode(), "été".encode()).returncode == 0
+    with KvStore.open(str(tmp_path)) as store:
+        assert store.get("clé") == "été"  # valid UTF-8 stays str
+
+
 def test_dir_option_and_kvs_dir_variable_choose_the_store(tmp_path: Path) -> None:
     store_a, store_b = tmp_path / "a", tmp_path / "b"
     assert run("--dir", str(store_a), "set", "k", "in a", cwd=tmp_path).returncode == 0

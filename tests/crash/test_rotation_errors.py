@@ -96,3 +96,56 @@ def test_io_error_during_rotation_loses_no_acknowledged_write(
         assert_contents(store, acknowledged)
     finally:
         store.close()
+
+
+@pytest.mark.parametrize("sync", ["always", "everysec", "no"])
+@pytest.mark.parametrize(
+    ("op", "suffix"),
+    [
+        ("create", "02.data"),
+        ("writer.write", "02.data"),
+        ("writer.sync", "02.data"),
+        ("fsync_dir", "store"),
+        ("open_append", "02.data"),
+        ("append.reserve", "02.data"),
+    ],
+)
+def test_disk_full_while_starting_the_next_file_passes_once_there_is_room(
+    tmp_path: Path, op: str, suffix: str, sync: str
+) -> None:
+    """A10: ENOSPC while the next data file is made fails that write only; the store stays
+    writable, without a reopen, once the disk has room again (it used to turn read-only).
+    The half-made file is removed and its number reused, so no damage is left behind."""
+    path = tmp_path / "store"
+    fs = FaultyFileSystem()
+    store = open_store(path, fs=fs, sync=sync, **OPTIONS)
+    acknowledged: Expected = {}
+    try:
+        for i in range(15):
+            store.set(f"k{i}", "x" * 200)
+            acknowledged[f"k{i}".encode()] = "x" * 200
+        fs.fail_next(op, errno.ENOSPC, suffix)
+        failures = 0
+        for i in range(15, 40):
+            try:
+                store.set(f"k{i}", "y" * 200)
+            except ReadOnlyError as error:
+                raise AssertionError(f"set k{i}: the store turned read-only: {error}") from None
+            except KvsError as error:
+                assert isinstance(error, OSError) and error.errno == errno.ENOSPC, error
+                failures += 1
+                assert store.get(f"k{i - 1}") is not None  # reads keep working
+                continue
+            acknowledged[f"k{i}".encode()] = "y" * 200
+        assert failures == 1, f"{op} never failed: {fs.ops[-20:]}"
+        assert_contents(store, acknowledged)
+    finally:
+        store.close()
+    assert not fs.misuse, fs.misuse[:3]
+    names = sorted(p.name for p in path.glob("kvs-*.data"))
+    assert names == [f"kvs-{n:010d}.data" for n in range(1, len(names) + 1)], names
+    store = open_store(path, **OPTIONS)
+    try:
+        assert_contents(store, acknowledged)
+    finally:
+        store.close()

@@ -197,3 +197,45 @@ def test_version_flag() -> None:
     done = subprocess.run([KVS_SERVER, "-V"], capture_output=True, text=True, timeout=30)
     assert done.returncode == 0
     assert done.stdout.startswith("kvs-server ")
+    import kvs
+
+    assert done.stdout.split() == ["kvs-server", kvs.__version__]
+
+
+def test_start_logs_version_engine_and_address_on_stderr(tmp_path: Path) -> None:
+    """The issue's start log: the version, the engine and the address, on stderr (stdout
+    stays empty, so a supervisor can tell output from logs)."""
+    import subprocess
+
+    import kvs
+
+    from .helpers import KVS_SERVER, wait_port
+
+    port = free_port()
+    proc = subprocess.Popen(
+        [KVS_SERVER, "--addr", f"127.0.0.1:{port}", "--dir", str(tmp_path / "d")],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        stdin=subprocess.DEVNULL,
+        text=True,
+    )
+    try:
+        wait_port(port, proc, 15)
+    finally:
+        proc.terminate()
+        stdout, stderr = proc.communicate(timeout=20)
+    assert proc.returncode == 0, stderr
+    assert stdout == ""
+    assert f"kvs-server {kvs.__version__}" in stderr
+    assert "storage engine: kvs" in stderr
+    assert f"listening on 127.0.0.1:{port}" in stderr
+
+
+@pytest.mark.parametrize(
+    "addr", ["localhost", "127.0.0.1:", "127.0.0.1:99999", "127.0.0.1:-1", "[::1", "300.1.1.1:80"]
+)
+def test_an_unusable_addr_is_one_clear_line_and_a_non_zero_exit(tmp_path: Path, addr: str) -> None:
+    done = run_server_to_exit("--addr", addr, "--dir", str(tmp_path / "d"), cwd=tmp_path)
+    assert done.returncode != 0
+    assert "Traceback" not in done.stderr
+    assert done.stderr.strip() and addr in done.stderr, done.stderr

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import os
 import sys
 
 EXIT_USAGE = 2
@@ -25,6 +26,17 @@ def positive_int(text: str) -> int:
     if number < 1:
         raise argparse.ArgumentTypeError(f"must be at least 1, not {number}")
     return number
+
+
+def key_or_value(text: str) -> str | bytes:
+    """A KEY or VALUE argument as the store should take it: the ``str`` itself when it is
+    valid UTF-8, else the bytes the shell passed (Python decodes such argv bytes to lone
+    surrogates, which cannot be encoded back to UTF-8)."""
+    try:
+        text.encode()
+    except UnicodeEncodeError:
+        return os.fsencode(text)
+    return text
 
 
 def add_set_get_rm(commands: argparse._SubParsersAction[UsageParser], common: UsageParser) -> None:

@@ -27,7 +27,7 @@ from collections.abc import Sequence
 
 from kvs import __version__, engines
 from kvs.cli import transfer
-from kvs.cli._args import UsageParser, add_set_get_rm
+from kvs.cli._args import UsageParser, add_set_get_rm, key_or_value
 from kvs.errors import (
     CorruptionError,
     KeyNotFound,
@@ -140,10 +140,11 @@ def main(argv: Sequence[str] | None = None) -> int:
         with KvStore.open(directory, engine=engine) as store:
             if args.command in ("export", "import"):
                 return transfer.run(store, args)
+            key = key_or_value(args.key) if args.command in ("set", "get", "rm") else ""
             if args.command == "set":
-                store.set(args.key, args.value)
+                store.set(key, key_or_value(args.value))
             elif args.command == "get":
-                value = store.get(args.key)
+                value = store.get(key)
                 if value is None:
                     print("Key not found")
                 elif isinstance(value, bytes):
@@ -153,7 +154,7 @@ def main(argv: Sequence[str] | None = None) -> int:
                     print(value)
             elif args.command == "rm":
                 try:
-                    store.remove(args.key)
+                    store.remove(key)
                 except KeyNotFound:
                     print("Key not found")
                     return EXIT_NOT_FOUND
@@ -182,32 +183,39 @@ def main(argv: Sequence[str] | None = None) -> int:
 def _check(directory: str, fix: bool, yes: bool) -> int:
     from kvs.log import check
 
-    report = check.check(directory)
-    for problem in report.problems:
-        print(problem)
-    print(
-        f"checked {report.files} data files, {report.records} records: "
-        f"{len(report.problems)} problem{'s' if len(report.problems) != 1 else ''}"
-    )
-    if not report.problems:
-        return EXIT_OK
-    if not fix:
-        return EXIT_NOT_FOUND
-    drops = [p for p in report.problems if p.kind == "corruption"]
-    if not yes:
-        if not sys.stdin.isatty():
-            return _fail("--fix needs confirmation: run it on a terminal, or add --yes", EXIT_USAGE)
-        warning = (
-            f" {len(drops)} damaged file(s) will be cut at the damage, dropping every record "
-            "after it (backups are kept)."
-            if drops
-            else ""
+    # One lock from the check to the repair: nothing can write between the report, the
+    # question and the fix.
+    with check.StoreCheck(directory) as store_check:
+        report = store_check.check()
+        for problem in report.problems:
+            print(problem)
+        print(
+            f"checked {report.files} data files, {report.records} records: "
+            f"{len(report.problems)} problem{'s' if len(report.problems) != 1 else ''}"
         )
-        answer = input(f"Repair {len(report.problems)} problem(s)?{warning} [y/N] ")
-        if answer.strip().lower() not in ("y", "yes"):
-            return _fail("nothing changed", EXIT_NOT_FOUND)
-    for line in check.repair(directory, report):
-        print(line)
+        if not report.problems:
+            return EXIT_OK
+        if not fix:
+            return EXIT_NOT_FOUND
+        damaged = {p.path for p in report.problems if p.kind == "corruption"}
+        if not yes:
+            if not sys.stdin.isatty():
+                return _fail(
+                    "--fix needs confirmation: run it on a terminal, or add --yes", EXIT_USAGE
+                )
+            warning = (
+                f" The damaged bytes of {len(damaged)} file(s) will be cut out; the records in "
+                "them are lost, and a lost remove brings back the key's older value (backups "
+                "are kept)."
+                if damaged
+                else ""
+            )
+            sys.stdout.flush()
+            answer = input(f"Repair {len(report.problems)} problem(s)?{warning} [y/N] ")
+            if answer.strip().lower() not in ("y", "yes"):
+                return _fail("nothing changed", EXIT_NOT_FOUND)
+        for line in store_check.repair(report):
+            print(line)
     return EXIT_OK
 
 

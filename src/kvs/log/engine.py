@@ -82,10 +82,16 @@ _open_stores: weakref.WeakSet[LogStore] = weakref.WeakSet()
 
 def _after_fork_in_child() -> None:
     for store in list(_open_stores):
+        _open_stores.discard(store)  # a grandchild must not close the descriptor again
         store._disown(
             f"store {store.path} was opened in process {store._owner_pid}; "
             "a forked child must open the store itself"
         )
+        # The child's copy of the lock descriptor shares the parent's flock: left open, it
+        # would keep the store locked after the parent closes it, for as long as the child
+        # lives. Closing a copy does not release the lock; the parent keeps it.
+        with contextlib.suppress(OSError):
+            store._lock_handle.close()
 
 
 os.register_at_fork(after_in_child=_after_fork_in_child)
@@ -334,21 +340,38 @@ class LogStore(KvStore):
         self._views[state.file_id] = handle.buffer
 
     def _start_new_active(self, capacity: int, reserve_ids: int = 0) -> None:
-        file_id = self._next_id + reserve_ids
+        """Create the next data file and make it the active one.
+
+        On failure (a full disk, an I/O error) the file is removed again and its number given
+        back, so that the next attempt makes the same file: a half-made file left behind would
+        be damage once a newer file existed.
+        """
+        next_id = self._next_id
+        file_id = next_id + reserve_ids
         self._next_id = file_id + 1
         nonce = record.new_nonce()
         path = filenames.data_file(self.path, file_id)
-        writer = self._fs.create(path)
         try:
-            writer.write(record.encode_file_header(file_id, nonce))
-            writer.sync()
-        finally:
-            writer.close()
-        # The new file's name must be durable before any write in it is acknowledged.
-        self._fs.fsync_dir(self.path)
-        state = FileState(file_id, nonce, path, record.FILE_HEADER_SIZE, 0)
-        self._active_tombstones = set()
-        self._set_active(state, self._fs.open_append(path, capacity))
+            writer = self._fs.create(path)
+            try:
+                writer.write(record.encode_file_header(file_id, nonce))
+                writer.sync()
+            finally:
+                writer.close()
+            # The new file's name must be durable before any write in it is acknowledged.
+            self._fs.fsync_dir(self.path)
+            state = FileState(file_id, nonce, path, record.FILE_HEADER_SIZE, 0)
+            self._active_tombstones = set()
+            self._set_active(state, self._fs.open_append(path, capacity))
+        except BaseException:
+            try:
+                if os.path.exists(path):
+                    self._fs.remove(path)
+            except OSError:
+                pass  # the next attempt's create fails on it too: no newer file gets made
+            else:
+                self._next_id = next_id
+            raise
 
     def _compaction_threshold(self) -> int:
         return max(self._min_stale, int(self._live * self._stale_ratio))
@@ -761,7 +784,7 @@ class LogStore(KvStore):
         """
         end = self._off + size
         try:
-            if end <= self._active.capacity:
+            if self._active_open and end <= self._active.capacity:
                 self._limit = self._active.reserve(end)
                 if self._sync_policy == "everysec" and hasattr(self, "_durability"):
                     # Sync what the last reservation held now, in the background: a rotation
@@ -782,17 +805,21 @@ class LogStore(KvStore):
         Returns the copy of the index taken for the sealed file's hint (``None`` if it needed
         none): the index as it still is, for a caller that keeps holding ``_lock``.
 
-        If a step fails once the old file is closed, there is no file to append to: the store
-        turns read-only (reads keep working) until it is reopened.
+        If starting the new file fails (a full disk), there is no file to append to until a
+        later write's rotation starts one: the write fails, reads keep working, and writes
+        work again once the disk has room (RELIABILITY A10). If sealing fails, the store
+        turns read-only until it is reopened.
         """
         with self._sync_lock:
-            old_end = self._off
-            hint_job = self._seal_active()
-            self._pos_base += old_end
+            hint_job = None
+            if self._active_open:  # else an earlier start failed: nothing to seal
+                old_end = self._off
+                hint_job = self._seal_active()
+                self._pos_base += old_end
             try:
                 self._start_new_active(capacity, reserve_ids)
-            except OSError as error:
-                self._failure = f"could not start a new data file: {error}"
+            except OSError:
+                self._limit = -1  # every write goes to _make_room, which tries again
                 raise
             finally:
                 # Only now: a busy hint thread would make each system call above wait for
@@ -866,7 +893,9 @@ class LogStore(KvStore):
         """fdatasync the active file; return the logical position now durable."""
         with self._sync_lock:
             if not self._active_open:  # a rotation failed: see _rotate
-                raise ReadOnlyError(f"store {self.path} is read-only: {self._failure}")
+                if self._failure is not None:
+                    raise ReadOnlyError(f"store {self.path} is read-only: {self._failure}")
+                return self._pos_base  # the sealing synced all there is; nothing since
             target = self._pos_base + self._off
             if target > self._durability.synced:
                 try:

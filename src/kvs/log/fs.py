@@ -205,7 +205,9 @@ class OsLockHandle:
         os.pwrite(self._fd, text.encode(), 0)
 
     def close(self) -> None:
-        os.close(self._fd)
+        if self._fd >= 0:  # once only: the number may belong to another file afterwards
+            fd, self._fd = self._fd, -1
+            os.close(fd)
 
 
 class OsFileSystem:
