@@ -406,8 +406,14 @@ def test_scan_match_and_count(r: redis.Redis) -> None:
     assert list(r.scan_iter(match="nothing*")) == []
     with pytest.raises(redis.ResponseError, match="syntax error"):
         r.scan(0, count=0)
-    with pytest.raises(redis.ResponseError, match="invalid cursor"):
-        call(r, "SCAN", "-1")
+    # Cursors are read as Redis reads them (strtoul): a sign and leading zeros are taken,
+    # -1 wraps around to 2**64 - 1; spaces, other characters and 2**64 are refused.
+    for cursor in ("-1", "+0", "00", str(2**64 - 1)):
+        next_cursor, _ = call(r, "SCAN", cursor)
+        assert int(next_cursor) >= 0
+    for bad in (str(2**64), " 0", "0x10", "1.0", ""):
+        with pytest.raises(redis.ResponseError, match="invalid cursor"):
+            call(r, "SCAN", bad)
     with pytest.raises(redis.ResponseError, match="syntax error"):
         call(r, "SCAN", "0", "BOGUS")
 
@@ -509,6 +515,123 @@ def test_nested_multi(r: redis.Redis) -> None:
         assert b(conn.read_response()) == "OK"
     finally:
         r.connection_pool.release(conn)
+
+
+def exchange(r: redis.Redis, *commands: tuple[str, ...]) -> list[Any]:
+    """Send ``commands`` on one connection and return their replies in order, an error reply
+    as the string ``"error: <message>"``."""
+    conn: Any = r.connection_pool.get_connection()
+    replies: list[Any] = []
+    try:
+        conn.send_packed_command([b"".join(resp(*command) for command in commands)])
+        for _ in commands:
+            try:
+                replies.append(b(conn.read_response()))
+            except redis.ResponseError as error:
+                replies.append(f"error: {error}")
+    finally:
+        r.connection_pool.release(conn)
+    return replies
+
+
+def test_shutdown_inside_multi_is_refused_and_aborts_the_block(
+    r: redis.Redis, shared_server: ServerProcess
+) -> None:
+    """It used to run at once, inside the block: any client could stop the server with a
+    MULTI it then discarded."""
+    replies = exchange(r, ("MULTI",), ("SET", "x", "1"), ("SHUTDOWN",), ("EXEC",))
+    assert replies[:2] == ["OK", "QUEUED"]
+    assert replies[2] == "error: Command not allowed inside a transaction"
+    assert replies[3].startswith("error: Transaction discarded because of previous errors")
+    assert shared_server.proc.poll() is None and r.ping() is True
+    assert r.get("x") is None
+
+
+def test_exec_with_arguments_ends_the_block(r: redis.Redis) -> None:
+    """Redis answers EXECABORT and discards the block; kvs used to stay in it, so that the
+    client and the server disagreed about what the next commands were."""
+    replies = exchange(r, ("MULTI",), ("SET", "a", "1"), ("EXEC", "x"), ("GET", "a"))
+    assert replies[2] == (
+        "error: Transaction discarded because of: wrong number of arguments for 'exec' command"
+    )
+    assert replies[3] is None
+    assert exchange(r, ("EXEC", "x"))[0].startswith("error: Transaction discarded because of")
+
+
+def test_reads_of_the_whole_key_space_inside_multi_see_the_blocks_writes(r: redis.Redis) -> None:
+    r.set("q", "1")
+    replies = exchange(
+        r,
+        ("MULTI",),
+        ("SET", "x", "1"),
+        ("DBSIZE",),
+        ("KEYS", "*"),
+        ("SCAN", "0", "COUNT", "100"),
+        ("DEL", "q"),
+        ("DBSIZE",),
+        ("FLUSHDB",),
+        ("SET", "y", "2"),
+        ("KEYS", "*"),
+        ("EXEC",),
+    )
+    result = [b(item) for item in replies[-1]]
+    assert result[0] == "OK"
+    assert result[1] == 2  # q, and x of this block (kvs said 1)
+    assert sorted(result[2]) == [b"q", b"x"]
+    cursor, scanned = result[3]
+    assert b(cursor) == "0" and sorted(scanned) == [b"q", b"x"]
+    assert result[4:8] == [1, 1, "OK", "OK"]  # DEL q; DBSIZE; FLUSHDB; SET y
+    assert result[8] == [b"y"]
+    assert r.dbsize() == 1 and r.get("y") == b"2"
+
+
+def test_bad_subcommands_are_refused_while_queueing(r: redis.Redis) -> None:
+    """As in Redis 7, where each subcommand is a command: the block then aborts (kvs used to
+    queue them, and EXEC ran the rest of the block)."""
+    for bad, message in (
+        (("CLIENT", "NOPE"), "unknown subcommand 'NOPE'. Try CLIENT HELP."),
+        (("CLIENT", "SETNAME"), "wrong number of arguments for 'client|setname' command"),
+        (("CONFIG", "GET"), "wrong number of arguments for 'config|get' command"),
+        (("COMMAND", "COUNT", "x"), "wrong number of arguments for 'command|count' command"),
+    ):
+        replies = exchange(r, ("MULTI",), bad, ("SET", "b", "1"), ("EXEC",))
+        assert replies[1] == f"error: {message}", bad
+        assert replies[3].startswith("error: Transaction discarded"), bad
+        assert r.get("b") is None
+        assert exchange(r, bad) == [f"error: {message}"]
+
+
+def test_auth_and_hello_are_queued_inside_multi(r: redis.Redis) -> None:
+    replies = exchange(r, ("MULTI",), ("HELLO",), ("EXEC",))
+    assert replies[1] == "QUEUED"
+    assert isinstance(replies[2], list) and len(replies[2]) == 1
+
+
+def test_client_names_are_printable_ascii_without_spaces(r: redis.Redis) -> None:
+    """A name goes into CLIENT LIST as it is: a newline in it could forge a client's line."""
+    for bad in ("a b", "a\tb", "a\x7fb", "caf\u00e9", "a\nid=999 name=forged"):
+        with pytest.raises(redis.ResponseError, match="cannot contain spaces"):
+            r.client_setname(bad)
+        with pytest.raises(redis.ResponseError, match="cannot contain spaces"):
+            call(r, "HELLO", "2", "SETNAME", bad)
+    assert r.client_setname("!good~name") is True
+    assert b(r.client_getname()) == "!good~name"
+    listing = b(call(r, "CLIENT", "LIST"))
+    assert isinstance(listing, str) and "forged" not in listing
+
+
+def test_set_takes_the_same_expiry_option_twice_and_the_last_counts(r: redis.Redis) -> None:
+    assert r.execute_command("SET", "k", "v", "EX", "100", "EX", "1000") is True
+    assert 900 < r.ttl("k") <= 1000
+    assert r.execute_command("SET", "k", "v", "PX", "abc", "PX", "5000") is True
+    assert 0 < r.pttl("k") <= 5000
+    assert r.execute_command("SET", "k", "v", "NX", "NX") is None
+    with pytest.raises(redis.ResponseError, match="syntax error"):
+        r.execute_command("SET", "k", "v", "EX", "10", "PX", "10")
+    with pytest.raises(redis.ResponseError, match="syntax error"):  # options before numbers
+        r.execute_command("SET", "k", "v", "EX", "abc", "FOO")
+    with pytest.raises(redis.ResponseError, match="not an integer"):
+        r.execute_command("SET", "k", "v", "EX", "abc")
 
 
 # -- pipelines ------------------------------------------------------------------------------

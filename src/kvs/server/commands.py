@@ -17,7 +17,7 @@ import re
 import time
 from array import array
 from bisect import bisect_left
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from typing import Final
 
@@ -99,7 +99,11 @@ class Command:
     handler: Handler
     write: bool = False
     no_auth: bool = False  # allowed before AUTH
-    in_transaction: bool = True  # may be queued inside MULTI
+    in_transaction: bool = True  # queued inside MULTI (False: runs at once, e.g. EXEC)
+    no_multi: bool = False  # refused inside MULTI, as Redis's CMD_NO_MULTI (SHUTDOWN)
+    #: Subcommand -> Redis arity (counting the command's own name), checked before the
+    #: command runs or is queued: as in Redis 7, where each is a command of its own.
+    subcommands: Mapping[bytes, int] | None = None
 
 
 #: Every command by its lower-case name (what COMMAND COUNT and COMMAND list).
@@ -118,10 +122,17 @@ def register(cmd: Command) -> None:
 
 
 def command(
-    name: str, arity: int, *, write: bool = False, no_auth: bool = False, queue: bool = True
+    name: str,
+    arity: int,
+    *,
+    write: bool = False,
+    no_auth: bool = False,
+    queue: bool = True,
+    no_multi: bool = False,
+    subcommands: Mapping[bytes, int] | None = None,
 ) -> Callable[[Handler], Handler]:
     def add(handler: Handler) -> Handler:
-        register(Command(name, arity, handler, write, no_auth, queue))
+        register(Command(name, arity, handler, write, no_auth, queue, no_multi, subcommands))
         return handler
 
     return add
@@ -142,19 +153,58 @@ def execute(state: ServerState, session: Session, argv: list[bytes]) -> bytes:
         return _unknown_command(argv)
     arity = cmd.arity
     if (len(argv) != arity) if arity > 0 else (len(argv) < -arity):
+        if cmd.name == "exec":  # Redis's execCommandAbort: the transaction ends here
+            session.transaction = None
+            return _EXEC_ARITY
         if session.transaction is not None:
             session.transaction_failed = True
         return b"-ERR wrong number of arguments for '%b' command\r\n" % cmd.name.encode()
     if not session.authenticated and not cmd.no_auth:
         return _NOAUTH
-    if session.transaction is not None and cmd.in_transaction:
-        session.transaction.queued.append((cmd, argv))
-        return QUEUED
+    if cmd.subcommands is not None:
+        refused = _check_subcommand(cmd, argv)
+        if refused is not None:
+            if session.transaction is not None:
+                session.transaction_failed = True
+            return refused
+    if session.transaction is not None:
+        if cmd.no_multi:
+            session.transaction_failed = True
+            return b"-ERR Command not allowed inside a transaction\r\n"
+        if cmd.in_transaction:
+            session.transaction.queued.append((cmd, argv))
+            return QUEUED
     # _run(), inlined: this is the path of every command.
     try:
         return cmd.handler(state, session, argv)
     except KvsError as error:
         return _store_error_reply(error)
+
+
+_EXEC_ARITY: Final = (
+    b"-EXECABORT Transaction discarded because of: wrong number of arguments for 'exec' command\r\n"
+)
+
+
+def _check_subcommand(cmd: Command, argv: list[bytes]) -> bytes | None:
+    """Redis 7's error for an unknown subcommand of ``cmd`` or a wrong number of arguments
+    to a known one; None if ``argv`` may run."""
+    assert cmd.subcommands is not None
+    if len(argv) < 2:
+        return None  # COMMAND alone
+    sub = argv[1].lower()
+    arity = cmd.subcommands.get(sub)
+    if arity is None:
+        return b"-ERR unknown subcommand '%b'. Try %b HELP.\r\n" % (
+            _printable(argv[1]),
+            cmd.name.upper().encode(),
+        )
+    if (len(argv) != arity) if arity > 0 else (len(argv) < -arity):
+        return b"-ERR wrong number of arguments for '%b|%b' command\r\n" % (
+            cmd.name.encode(),
+            _printable(sub),
+        )
+    return None
 
 
 def _run(cmd: Command, state: ServerState, session: Session, argv: list[bytes]) -> bytes:
@@ -241,7 +291,7 @@ def _check_password(state: ServerState, user: bytes, password: bytes) -> bool:
     return user_ok and password_ok
 
 
-@command("auth", -2, no_auth=True, queue=False)
+@command("auth", -2, no_auth=True)
 def _auth(state: ServerState, session: Session, argv: list[bytes]) -> bytes:
     if len(argv) > 3:
         return _SYNTAX
@@ -257,7 +307,7 @@ def _auth(state: ServerState, session: Session, argv: list[bytes]) -> bytes:
     return OK
 
 
-@command("hello", -1, no_auth=True, queue=False)
+@command("hello", -1, no_auth=True)
 def _hello(state: ServerState, session: Session, argv: list[bytes]) -> bytes:
     protocol = session.encoder.protocol
     args = argv[1:]
@@ -279,6 +329,8 @@ def _hello(state: ServerState, session: Session, argv: list[bytes]) -> bytes:
             args = args[3:]
         elif option == b"setname" and len(args) >= 2:
             name = args[1]
+            if not _valid_client_name(name):
+                return _BAD_CLIENT_NAME
             args = args[2:]
         else:
             return b"-ERR Syntax error in HELLO option '%b'\r\n" % _printable(args[0])
@@ -304,34 +356,51 @@ def _hello(state: ServerState, session: Session, argv: list[bytes]) -> bytes:
     return enc.map([(enc.bulk(key), value) for key, value in fields])
 
 
-@command("client", -2)
+_BAD_CLIENT_NAME: Final = (
+    b"-ERR Client names cannot contain spaces, newlines or special characters.\r\n"
+)
+
+
+def _valid_client_name(name: bytes) -> bool:
+    """Redis's rule: printable ASCII without spaces ('!' to '~'). A name goes into CLIENT
+    LIST's lines as it is: a newline in it could forge another client's line."""
+    return not name.translate(None, _CLIENT_NAME_BYTES)
+
+
+_CLIENT_NAME_BYTES: Final = bytes(range(0x21, 0x7F))
+
+
+@command(
+    "client",
+    -2,
+    subcommands={
+        b"setname": 3,
+        b"getname": 2,
+        b"id": 2,
+        b"setinfo": 4,
+        b"info": 2,
+        b"list": 2,
+    },
+)
 def _client(state: ServerState, session: Session, argv: list[bytes]) -> bytes:
     sub = argv[1].lower()
     enc = session.encoder
-    if sub == b"setname" and len(argv) == 3:
-        if b" " in argv[2] or b"\n" in argv[2]:
-            return b"-ERR Client names cannot contain spaces, newlines or special characters.\r\n"
+    if sub == b"setname":
+        if not _valid_client_name(argv[2]):
+            return _BAD_CLIENT_NAME
         session.name = argv[2] or None
         return OK
-    if sub == b"getname" and len(argv) == 2:
+    if sub == b"getname":
         return enc.bulk(session.name)
-    if sub == b"id" and len(argv) == 2:
+    if sub == b"id":
         return enc.integer(session.id)
-    if sub == b"setinfo" and len(argv) == 4:
+    if sub == b"setinfo":
         session.library = argv[3]
         return OK
-    if sub == b"info" and len(argv) == 2:
-        return enc.bulk(_client_line(session))
-    if sub == b"list" and len(argv) == 2:
-        return enc.bulk(b"".join(_client_line(s) for s in state.clients.values()))
-    return _unknown_subcommand(argv[1], b"CLIENT")
-
-
-def _unknown_subcommand(sub: bytes, parent: bytes) -> bytes:
-    return b"-ERR unknown subcommand or wrong number of arguments for '%b'. Try %b HELP.\r\n" % (
-        _printable(sub),
-        parent,
-    )
+    if sub == b"info":
+        return enc.verbatim(_client_line(session))
+    # list
+    return enc.verbatim(b"".join(_client_line(s) for s in state.clients.values()))
 
 
 def _client_line(session: Session) -> bytes:
@@ -343,7 +412,7 @@ def _client_line(session: Session) -> bytes:
     )
 
 
-@command("command", -1)
+@command("command", -1, subcommands={b"count": 2, b"docs": -2, b"info": -2})
 def _command(state: ServerState, session: Session, argv: list[bytes]) -> bytes:
     enc = session.encoder
     sub = argv[1].lower() if len(argv) > 1 else b""
@@ -378,20 +447,18 @@ def _command(state: ServerState, session: Session, argv: list[bytes]) -> bytes:
                 )
             )
         return enc.array(entries)
-    return b"-ERR unknown subcommand '%b'. Try COMMAND HELP.\r\n" % _printable(argv[1])
+    raise AssertionError("unreachable: execute() checked the subcommand")
 
 
-@command("config", -2)
+@command("config", -2, subcommands={b"get": -3, b"set": -4, b"resetstat": 2, b"rewrite": 2})
 def _config(state: ServerState, session: Session, argv: list[bytes]) -> bytes:
     enc = session.encoder
     sub = argv[1].lower()
-    if sub != b"get" or len(argv) < 3:
-        if sub in (b"set", b"resetstat", b"rewrite"):
-            return (
-                b"-ERR CONFIG %b is not supported: kvs-server takes its settings from its "
-                b"command line\r\n" % sub.upper()
-            )
-        return _unknown_subcommand(argv[1], b"CONFIG")
+    if sub != b"get":
+        return (
+            b"-ERR CONFIG %b is not supported: kvs-server takes its settings from its "
+            b"command line\r\n" % sub.upper()
+        )
     host, _, port = state.bind.rpartition(":")
     values = {
         b"appendonly": b"yes",
@@ -459,10 +526,10 @@ def _info(state: ServerState, session: Session, argv: list[bytes]) -> bytes:
 
 @command("dbsize", 1)
 def _dbsize(state: ServerState, session: Session, argv: list[bytes]) -> bytes:
-    return session.encoder.integer(len(state.store))
+    return session.encoder.integer(len(_db(session, state)))
 
 
-@command("shutdown", -1, queue=False)
+@command("shutdown", -1, queue=False, no_multi=True)
 def _shutdown(state: ServerState, session: Session, argv: list[bytes]) -> bytes:
     for option in argv[1:]:
         if option.lower() not in (b"nosave", b"save", b"now", b"force", b"abort"):
@@ -512,23 +579,17 @@ def _set(state: ServerState, session: Session, argv: list[bytes]) -> bytes:
     ttl: float | None = None
     at_ms: int | None = None
     nx = xx = get = keepttl = False
+    # As Redis: the options first (the same expiry option may come again, the last one
+    # counts; two different ones are a syntax error), then the expiry's number.
+    expiry_option: bytes | None = None
+    expiry_text = b""
     i = 3
     while i < len(argv):
         option = argv[i].lower()
         if option in (b"ex", b"px", b"exat", b"pxat") and i + 1 < len(argv):
-            if ttl is not None or at_ms is not None or keepttl:
+            if keepttl or expiry_option not in (None, option):
                 return _SYNTAX
-            number = _parse_int(argv[i + 1])
-            if number is None:
-                return _WRONG_INT
-            if number <= 0 or _expire_overflows(number, option in (b"ex", b"exat"), option):
-                return b"-ERR invalid expire time in 'set' command\r\n"
-            if option == b"ex":
-                ttl = float(number)
-            elif option == b"px":
-                ttl = number / 1000
-            else:
-                at_ms = number * 1000 if option == b"exat" else number
+            expiry_option, expiry_text = option, argv[i + 1]
             i += 2
         elif option == b"nx" and not xx:
             nx = True
@@ -539,11 +600,24 @@ def _set(state: ServerState, session: Session, argv: list[bytes]) -> bytes:
         elif option == b"get":
             get = True
             i += 1
-        elif option == b"keepttl" and ttl is None and at_ms is None:
+        elif option == b"keepttl" and expiry_option is None:
             keepttl = True
             i += 1
         else:
             return _SYNTAX
+    if expiry_option is not None:
+        number = _parse_int(expiry_text)
+        if number is None:
+            return _WRONG_INT
+        seconds = expiry_option in (b"ex", b"exat")
+        if number <= 0 or _expire_overflows(number, seconds, expiry_option):
+            return b"-ERR invalid expire time in 'set' command\r\n"
+        if expiry_option == b"ex":
+            ttl = float(number)
+        elif expiry_option == b"px":
+            ttl = number / 1000
+        else:
+            at_ms = number * 1000 if seconds else number
     old = _get_bytes(db, key) if (nx or xx or get) else None
     exists = old is not None if (nx or xx or get) else False
     if (nx and exists) or (xx and not exists):
@@ -855,7 +929,7 @@ def _key_hash(key: bytes) -> int:
 @command("keys", 2)
 def _keys(state: ServerState, session: Session, argv: list[bytes]) -> bytes:
     matcher = _glob(argv[1])
-    keys = [k if isinstance(k, bytes) else k.encode() for k in state.store.scan()]
+    keys = [k if isinstance(k, bytes) else k.encode() for k in _db(session, state).scan()]
     return session.encoder.bulk_array([key for key in keys if matcher(key)])
 
 
@@ -864,6 +938,23 @@ def _keys(state: ServerState, session: Session, argv: list[bytes]) -> bytes:
 _SCAN_HASH_BITS: Final = 32
 _SCAN_HASH_MASK: Final = (1 << _SCAN_HASH_BITS) - 1
 _SCAN_MAX_EPOCH: Final = (1 << 31) - 1
+
+
+_CURSOR: Final = re.compile(rb"[+-]?[0-9]+")
+
+
+def _parse_cursor(data: bytes) -> int | None:
+    """A SCAN cursor as Redis reads it (strtoul): an optional sign, digits (leading zeros
+    too), at most 2**64 - 1; a negative number wraps around, as in C."""
+    if not _CURSOR.fullmatch(data):
+        return None
+    value = int(data)
+    if abs(value) > _UINT64_MAX:
+        return None
+    return value % (_UINT64_MAX + 1)
+
+
+_UINT64_MAX: Final = (1 << 64) - 1
 
 
 @dataclass
@@ -875,17 +966,19 @@ class _ScanSnapshot:
     hashes: array[int]
 
 
-def _scan_snapshot(state: ServerState) -> _ScanSnapshot:
-    """List the key space now, in hash order, and keep it for the next SCAN calls."""
-    keys = [k if isinstance(k, bytes) else k.encode() for k in state.store.scan()]
+def _scan_snapshot(state: ServerState, db: KvStore | _Transaction) -> _ScanSnapshot:
+    """List the key space now, in hash order, and keep it for the next SCAN calls (not one
+    seen inside a MULTI block, which holds the block's own writes)."""
+    keys = [k if isinstance(k, bytes) else k.encode() for k in db.scan()]
     keys.sort(key=_key_hash)
     state.scan_epoch = state.scan_epoch % _SCAN_MAX_EPOCH + 1
     snapshot = _ScanSnapshot(state.scan_epoch, keys, array("I", map(_key_hash, keys)))
-    state.scan_snapshot = snapshot
+    if db is state.store:
+        state.scan_snapshot = snapshot
     return snapshot
 
 
-def _present(store: KvStore, key: bytes) -> bool:
+def _present(store: KvStore | _Transaction, key: bytes) -> bool:
     """Whether ``key`` is (still) there: ttl() reads no value, and raises if it is absent."""
     try:
         store.ttl(key)
@@ -909,8 +1002,8 @@ def _scan(state: ServerState, session: Session, argv: list[bytes]) -> bytes:
     a full walk lists the key space once, not once per call: O(N log N), not O(N**2 / count).
     Keys removed since the snapshot are skipped (one index lookup each, no value read).
     """
-    cursor = _parse_int(argv[1])
-    if cursor is None or cursor < 0:
+    cursor = _parse_cursor(argv[1])
+    if cursor is None:
         return b"-ERR invalid cursor\r\n"
     matcher: Callable[[bytes], bool] = lambda key: True  # noqa: E731
     count = 10
@@ -933,18 +1026,19 @@ def _scan(state: ServerState, session: Session, argv: list[bytes]) -> bytes:
             return _SYNTAX
         i += 2
     epoch, position = cursor >> _SCAN_HASH_BITS, cursor & _SCAN_HASH_MASK
+    db = _db(session, state)
     snapshot = state.scan_snapshot
-    if cursor == 0 or snapshot is None or not 0 < epoch <= snapshot.epoch:
+    if cursor == 0 or snapshot is None or not 0 < epoch <= snapshot.epoch or db is not state.store:
         # A new walk; or a cursor older than any snapshot kept (or one from another run of
-        # the server, or made up by hand): list the keys now, and go on from its position.
-        snapshot = _scan_snapshot(state)
+        # the server, or made up by hand); or a walk inside MULTI: list the keys now, and
+        # go on from its position.
+        snapshot = _scan_snapshot(state, db)
     keys, hashes = snapshot.keys, snapshot.hashes
     start = bisect_left(hashes, position)
     stop = min(start + count, len(keys))
     while stop < len(keys) and stop > start and hashes[stop] == hashes[stop - 1]:
         stop += 1  # never split keys of equal hash across two calls
-    store = state.store
-    batch = [key for key in keys[start:stop] if matcher(key) and _present(store, key)]
+    batch = [key for key in keys[start:stop] if matcher(key) and _present(db, key)]
     if stop < len(keys):
         next_cursor = snapshot.epoch << _SCAN_HASH_BITS | hashes[stop]
     else:
@@ -997,6 +1091,21 @@ class _Transaction:
 
     def set(self, key: bytes, value: bytes, ttl: float | None = None) -> None:
         self.pending[key] = (value, ttl)
+
+    def scan(self) -> list[bytes]:
+        """Every key as the block sees it, sorted (as ``KvStore.scan``)."""
+        keys: set[bytes] = set()
+        if not self.cleared:
+            keys.update(k if isinstance(k, bytes) else k.encode() for k in self.store.scan())
+        for key, entry in self.pending.items():
+            if entry is None:
+                keys.discard(key)
+            else:
+                keys.add(key)
+        return sorted(keys)
+
+    def __len__(self) -> int:
+        return len(self.scan())
 
     def remove(self, key: bytes) -> None:
         if self.get(key) is None:
