@@ -289,6 +289,13 @@ def test_expire_errors(r: redis.Redis) -> None:
         call(r, "EXPIRE", "k", "soon")
     with pytest.raises(redis.ResponseError, match="Unsupported option"):
         call(r, "EXPIRE", "k", "10", "YY")
+    # Redis checks the options before the number, as the messages show.
+    with pytest.raises(redis.ResponseError, match="Unsupported option FOO"):
+        call(r, "EXPIRE", "k", "soon", "FOO")
+    with pytest.raises(redis.ResponseError, match=r"^GT and LT options at the same time"):
+        call(r, "EXPIRE", "k", "10", "GT", "LT")
+    with pytest.raises(redis.ResponseError, match=r"^NX and XX, GT or LT options"):
+        call(r, "PEXPIRE", "k", str(INT64_MAX), "NX", "GT")
     for command, number in (
         ("EXPIRE", INT64_MAX),
         ("EXPIRE", INT64_MIN),

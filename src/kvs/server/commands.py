@@ -787,17 +787,20 @@ def _expire_overflows(number: int, seconds: bool, option: bytes) -> bool:
 def _expire_generic(
     db: KvStore | _Transaction, enc: ReplyEncoder, argv: list[bytes], unit_ms: int, absolute: bool
 ) -> bytes:
+    # As Redis checks them: the options, then the number.
+    flags = {a.lower() for a in argv[3:]}
+    for option in argv[3:]:
+        if option.lower() not in (b"nx", b"xx", b"gt", b"lt"):
+            return b"-ERR Unsupported option %b\r\n" % _printable(option)
+    if b"nx" in flags and len(flags) > 1:
+        return b"-ERR NX and XX, GT or LT options at the same time are not compatible\r\n"
+    if {b"gt", b"lt"} <= flags:
+        return b"-ERR GT and LT options at the same time are not compatible\r\n"
     number = _parse_int(argv[2])
     if number is None:
         return _WRONG_INT
     if _expire_overflows(number, unit_ms == 1000, b"exat" if absolute else b"ex"):
         return b"-ERR invalid expire time in '%b' command\r\n" % _printable(argv[0].lower())
-    flags = {a.lower() for a in argv[3:]}
-    for option in argv[3:]:
-        if option.lower() not in (b"nx", b"xx", b"gt", b"lt"):
-            return b"-ERR Unsupported option %b\r\n" % _printable(option)
-    if (b"nx" in flags and len(flags) > 1) or {b"gt", b"lt"} <= flags:
-        return b"-ERR NX and XX, GT or LT options at the same time are not compatible\r\n"
     key = argv[1]
     try:
         current = db.ttl(key)
