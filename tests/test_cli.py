@@ -129,6 +129,52 @@ def test_arguments_that_are_not_utf8_are_stored_as_the_bytes_given(tmp_path: Pat
         assert store.get("clé") == "été"  # valid UTF-8 stays str
 
 
+def test_a_str_value_prints_as_utf8_whatever_stdouts_encoding(tmp_path: Path) -> None:
+    assert run("set", "k", "caf\u00e9 \u2603", cwd=tmp_path).returncode == 0
+    result = subprocess.run(
+        [*KVS, "get", "k"],
+        cwd=tmp_path,
+        capture_output=True,
+        timeout=60,
+        env={**os.environ, "PYTHONIOENCODING": "ascii"},
+    )
+    assert (result.returncode, result.stdout, result.stderr) == (
+        0,
+        "caf\u00e9 \u2603\n".encode(),
+        b"",
+    )
+
+
+def test_the_memory_engine_is_refused_by_a_one_shot_command(tmp_path: Path) -> None:
+    """It would report success and keep nothing."""
+    result = run("--engine", "memory", "set", "k", "v", cwd=tmp_path)
+    assert_clean_error(result)
+    assert result.returncode == 2 and "memory engine keeps nothing" in result.stderr
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_a_redis_url_as_dir_means_the_redis_engine(tmp_path: Path) -> None:
+    """It used to create a local directory named ``redis:/...`` and store the data there."""
+    result = run("--dir", "redis://127.0.0.1:1/0", "set", "k", "v", cwd=tmp_path)
+    assert_clean_error(result)
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_a_store_of_another_engine_is_refused_by_the_library_too(tmp_path: Path) -> None:
+    """``KvStore.open(dir)`` (engine kvs) on a sqlite store showed it empty and wrote kvs
+    files beside it, after which the sqlite engine refused the directory."""
+    from kvs import KvsError
+
+    with KvStore.open(str(tmp_path), engine="sqlite") as store:
+        store.set("k", "v")
+    before = sorted(p.name for p in tmp_path.iterdir())
+    with pytest.raises(KvsError, match="holds data of the 'sqlite' engine"):
+        KvStore.open(str(tmp_path))
+    assert sorted(p.name for p in tmp_path.iterdir()) == before
+    with KvStore.open(str(tmp_path), engine="sqlite") as store:
+        assert store.get("k") == "v"
+
+
 def test_dir_option_and_kvs_dir_variable_choose_the_store(tmp_path: Path) -> None:
     store_a, store_b = tmp_path / "a", tmp_path / "b"
     assert run("--dir", str(store_a), "set", "k", "in a", cwd=tmp_path).returncode == 0

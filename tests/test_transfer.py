@@ -467,6 +467,7 @@ def test_cli_files_with_output_and_input(tmp_path: Path) -> None:
 
 
 def test_cli_empty_store(tmp_path: Path) -> None:
+    KvStore.open(str(tmp_path / "empty")).close()
     result = run("--dir", "empty", "export", cwd=tmp_path)
     assert (result.returncode, result.stdout, result.stderr) == (0, b"", b"exported 0 keys\n")
     result = run("--dir", "other", "import", cwd=tmp_path, stdin=b"")
@@ -533,7 +534,50 @@ def test_cli_missing_input_file(tmp_path: Path) -> None:
     assert_one_line_error(result, "No such file or directory", "nowhere.jsonl")
 
 
+def test_cli_export_of_a_directory_without_a_store_fails_and_creates_nothing(
+    tmp_path: Path,
+) -> None:
+    """A typo in --dir used to export 0 keys, exit 0, and leave a new store behind (so that
+    ``kvs --dir typo export | kvs --dir new import`` "worked" and moved nothing)."""
+    result = run("--dir", "typo", "export", cwd=tmp_path)
+    assert result.returncode == 5
+    assert_one_line_error(result, "holds no store")
+    assert not (tmp_path / "typo").exists()
+    (tmp_path / "bare").mkdir()
+    for args, status, out in (
+        (("get", "k"), 0, b"Key not found\n"),
+        (("rm", "k"), 1, b"Key not found\n"),
+        (("compact",), 5, b""),
+    ):
+        result = run("--dir", "bare", *args, cwd=tmp_path)
+        assert (result.returncode, result.stdout) == (status, out), args
+    assert list((tmp_path / "bare").iterdir()) == [], "reading created no files"
+
+
+def test_cli_export_through_a_symlink_and_into_a_fifo_keeps_the_nodes(tmp_path: Path) -> None:
+    """Export renamed its temporary file over the path given: a symlink became a regular file
+    (its target never written), a FIFO too (its reader hung), and ``-o /dev/stdout`` as
+    root replaced the device node for the whole machine."""
+    with KvStore.open(str(tmp_path / "s")) as store:
+        store.set("k", "v")
+    real = tmp_path / "real.jsonl"
+    real.write_bytes(b"old")
+    link = tmp_path / "link.jsonl"
+    link.symlink_to(real)
+    result = run("--dir", "s", "export", "-o", str(link), cwd=tmp_path)
+    assert result.returncode == 0, result.stderr
+    assert link.is_symlink() and b'"k"' in real.read_bytes()
+    fifo = tmp_path / "fifo"
+    os.mkfifo(fifo)
+    reader = subprocess.Popen(["cat", str(fifo)], stdout=subprocess.PIPE)
+    result = run("--dir", "s", "export", "-o", str(fifo), cwd=tmp_path)
+    out, _ = reader.communicate(timeout=30)
+    assert result.returncode == 0, result.stderr
+    assert stat.S_ISFIFO(os.lstat(fifo).st_mode) and b'"k"' in out
+
+
 def test_cli_unwritable_output(tmp_path: Path) -> None:
+    KvStore.open(str(tmp_path)).close()
     result = run("export", "-o", str(tmp_path / "no" / "such" / "dir" / "x"), cwd=tmp_path)
     assert result.returncode == 5
     assert_one_line_error(result, "No such file or directory")
@@ -731,3 +775,20 @@ def test_cli_import_into_a_cluster_with_the_default_batch(
         result = import_store(cluster, io.BytesIO(dump), batch_size=10)
         assert (result.keys, result.batches) == (30, 3)
         assert len(cluster) == 30
+
+
+def test_a_ttl_longer_than_the_format_takes_is_exported_as_the_longest(tmp_path: Path) -> None:
+    """Export wrote such a ttl_ms as it was, and import then refused the file."""
+    import io
+
+    from kvs.cli.transfer import MAX_TTL_MS, export_store, import_store
+
+    with KvStore.open(str(tmp_path / "old")) as old:
+        old.set("forever-ish", "v", ttl=1e13)
+        out = io.BytesIO()
+        assert export_store(old, out, None) == 1
+    assert f'"ttl_ms": {MAX_TTL_MS}'.encode() in out.getvalue()
+    with KvStore.open(str(tmp_path / "new"), engine="sqlite") as new:
+        import_store(new, io.BytesIO(out.getvalue()))
+        assert new.get("forever-ish") == "v"
+        assert (new.ttl("forever-ish") or 0) > 1e12

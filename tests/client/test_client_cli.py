@@ -61,6 +61,29 @@ def test_rm_of_an_absent_key_says_so_on_stderr_and_exits_1(shared_server: Server
     assert (result.returncode, result.stdout, result.stderr) == (1, b"", b"Key not found\n")
 
 
+def test_an_unwritable_stdout_is_one_clear_line(shared_server: ServerProcess) -> None:
+    """A full disk or a closed stdout gave a traceback and exit 1, the status of "Key not
+    found"."""
+    from .helpers import KVS_CLIENT
+
+    key = unique("k")
+    assert_ok(kvs_client("set", key, "value", "--addr", shared_server.addr))
+    command = [*KVS_CLIENT, "get", key, "--addr", shared_server.addr]
+    with open("/dev/full", "wb") as full:
+        result = subprocess.run(command, stdout=full, stderr=subprocess.PIPE, timeout=60)
+    assert result.returncode == 5 and b"Traceback" not in result.stderr
+    assert result.stderr.decode().count("\n") == 1 and "cannot write" in result.stderr.decode()
+    closed = subprocess.run(
+        command, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, timeout=60, close_fds=True
+    )
+    assert closed.returncode == 0  # /dev/null takes it
+    no_stdout = subprocess.run(
+        ["sh", "-c", '"$@" >&-', "sh", *command], stderr=subprocess.PIPE, timeout=60
+    )
+    assert no_stdout.returncode == 5, no_stdout.stderr
+    assert b"Traceback" not in no_stdout.stderr
+
+
 def test_addr_is_taken_before_the_subcommand_too(shared_server: ServerProcess) -> None:
     key = unique("k")
     assert_ok(kvs_client("--addr", shared_server.addr, "set", key, "before"))

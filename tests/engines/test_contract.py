@@ -170,6 +170,27 @@ def test_scan_tolerates_writes_while_it_is_consumed(store: KvStore) -> None:
     }
 
 
+def test_scan_is_a_snapshot_taken_at_the_call(store: KvStore) -> None:
+    """kvs's scan used to copy its index at the first next(), so a key set between the call
+    and the iteration showed up there and not in the other engines."""
+    store.set("a", "1")
+    keys = store.scan()
+    store.set("b", "2")
+    assert list(keys) == ["a"]
+
+
+def test_every_engine_takes_the_same_ttls(store: KvStore) -> None:
+    """The kvs engine used to take TTLs up to 2**64 ms, the others 2**63: a store exported
+    from kvs could then not be imported into sqlite."""
+    store.set("long", "v", ttl=2.0e15)  # ~63 million years: fits below 2**63 ms
+    assert (store.ttl("long") or 0) > 1.9e15
+    with pytest.raises(ValueError, match="too large"):
+        store.set("k", "v", ttl=1e16)
+    with pytest.raises(ValueError, match="too large"):
+        store.expire("long", 1e16)
+    assert (store.ttl("long") or 0) > 1.9e15
+
+
 # -- batches -----------------------------------------------------------------------------------
 
 

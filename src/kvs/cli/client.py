@@ -17,6 +17,8 @@ Every error is one line on stderr and a non-zero exit status: see the ``EXIT_*``
 from __future__ import annotations
 
 import argparse
+import contextlib
+import errno
 import os
 import sys
 from collections.abc import Sequence
@@ -32,6 +34,7 @@ EXIT_NOT_FOUND = 1  # rm of an absent key
 EXIT_USAGE = 2  # bad arguments, including an --addr that does not parse
 EXIT_UNAVAILABLE = 3  # no connection to the server, or it broke / timed out
 EXIT_SERVER_ERROR = 4  # the server answered with an error (e.g. a wrong or missing password)
+EXIT_OUTPUT = 5  # the value could not be written out (a full disk, a closed stdout)
 
 DEFAULT_ADDR = "127.0.0.1:4000"
 
@@ -91,6 +94,8 @@ def main(argv: Sequence[str] | None = None) -> int:
                 if value is None:
                     print("Key not found")
                 else:
+                    if sys.stdout is None:  # started with stdout closed (>&-)
+                        raise OSError(errno.EBADF, "standard output is closed")
                     sys.stdout.flush()
                     sys.stdout.buffer.write(value + b"\n")
                     sys.stdout.buffer.flush()
@@ -110,9 +115,19 @@ def main(argv: Sequence[str] | None = None) -> int:
         # stdout closed early (| head): nothing left to say; keep Python from complaining.
         os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
         return EXIT_OK
+    except OSError as error:  # writing the output failed (the client's own errors are above)
+        _silence_stdout()
+        return _fail(f"cannot write the output: {error.strerror or error}", EXIT_OUTPUT)
     except KeyboardInterrupt:
         return _fail("interrupted", 130)
     return EXIT_OK
+
+
+def _silence_stdout() -> None:
+    """Drop what is still buffered for stdout, so that the interpreter's final flush does not
+    fail a second time with a traceback."""
+    with contextlib.suppress(OSError, ValueError, AttributeError):
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
 
 
 if __name__ == "__main__":  # pragma: no cover

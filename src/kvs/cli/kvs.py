@@ -119,7 +119,14 @@ def _engine(args: argparse.Namespace, directory: str) -> str:
             f"{directory} holds data of the {holds!r} engine; it cannot be opened with "
             f"{requested!r} (use --engine {holds})"
         )
+    if requested is None and holds is None and directory.split("://")[0] in _REDIS_SCHEMES:
+        return "redis"  # --dir redis://host:port/0 names a server, not a directory
     return requested or holds or engines.DEFAULT_ENGINE
+
+
+_REDIS_SCHEMES = ("redis", "rediss", "redis+cluster")
+#: Commands that only read: on a directory that holds no store they create none.
+_READING = ("get", "rm", "export", "compact")
 
 
 def _fail(message: str, status: int) -> int:
@@ -137,6 +144,26 @@ def main(argv: Sequence[str] | None = None) -> int:
             if engine != "kvs":
                 return _fail(f"check reads the kvs engine's files; {directory} is {engine}", 2)
             return _check(directory, args.fix, args.yes)
+        if engine == "memory":
+            return _fail(
+                "the memory engine keeps nothing once this command exits; use it from a "
+                "program or through kvs-server",
+                EXIT_USAGE,
+            )
+        if (
+            args.command in _READING
+            and engine in ("kvs", "sqlite")
+            and directory_engine(directory) is None
+        ):
+            # Nothing to read, and no files made for it (a typo in --dir would otherwise
+            # leave a new store behind, and pin the directory to an engine).
+            if args.command == "get":
+                print("Key not found")
+                return EXIT_OK
+            if args.command == "rm":
+                print("Key not found")
+                return EXIT_NOT_FOUND
+            return _fail(f"{directory} holds no store", EXIT_ERROR)
         with KvStore.open(directory, engine=engine) as store:
             if args.command in ("export", "import"):
                 return transfer.run(store, args)
@@ -147,11 +174,13 @@ def main(argv: Sequence[str] | None = None) -> int:
                 value = store.get(key)
                 if value is None:
                     print("Key not found")
-                elif isinstance(value, bytes):
-                    sys.stdout.flush()
-                    sys.stdout.buffer.write(value + b"\n")
                 else:
-                    print(value)
+                    # Bytes as stored, and a str as UTF-8 whatever stdout's encoding
+                    # (kvs stores str as UTF-8; an ASCII locale must not end in a traceback).
+                    raw = value if isinstance(value, bytes) else value.encode()
+                    sys.stdout.flush()
+                    sys.stdout.buffer.write(raw + b"\n")
+                    sys.stdout.flush()
             elif args.command == "rm":
                 try:
                     store.remove(key)
@@ -162,10 +191,11 @@ def main(argv: Sequence[str] | None = None) -> int:
                 before = store.stats()
                 store.compact()
                 after = store.stats()
-                print(
-                    f"compacted: {after['keys']} keys, {after['live_bytes']} live bytes, "
-                    f"{int(before['stale_bytes']) - int(after['stale_bytes'])} bytes reclaimed"
-                )
+                summary = f"compacted: {after.get('keys', len(store))} keys"
+                if "live_bytes" in after and "stale_bytes" in before:  # not every engine
+                    reclaimed = int(before["stale_bytes"]) - int(after.get("stale_bytes", 0))
+                    summary += f", {after['live_bytes']} live bytes, {reclaimed} bytes reclaimed"
+                print(summary)
     except StoreLockedError as error:
         return _fail(str(error), EXIT_LOCKED)
     except CorruptionError as error:

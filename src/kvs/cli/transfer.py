@@ -13,7 +13,8 @@ One line per key, UTF-8, each ending in ``\\n``::
   alphabet, with ``=`` padding, no line breaks). So each comes back as the type it was set
   with. An empty ``str`` is ``""``; empty bytes are ``{"b64": ""}``.
 * ``"ttl_ms"``, optional: the key's remaining time to live in whole milliseconds when it was
-  exported (at least 1). Absent (or ``null``) means the key never expires. It is relative:
+  exported (at least 1, at most ``MAX_TTL_MS``, about 285,000 years: a longer one is
+  exported as that). Absent (or ``null``) means the key never expires. It is relative:
   the time a file spends between export and import is *not* subtracted, so a key lives
   ``ttl_ms`` after its import.
 * No other field is allowed, and no field twice (so a typo such as ``"ttl"`` is an error, not
@@ -233,7 +234,9 @@ def export_store(store: KvStore, out: _BinaryWriter, progress: Progress | None =
     """
     count = 0
     for key, value, ttl in _items_with_ttl(store):
-        ttl_ms = None if ttl is None else max(1, round(ttl * 1000))
+        # Clamped to what import takes: a longer TTL (which every engine stores) is
+        # ~285,000 years either way.
+        ttl_ms = None if ttl is None else min(MAX_TTL_MS, max(1, round(ttl * 1000)))
         out.write(encode_item(key, value, ttl_ms))
         count += 1
         if progress is not None:
@@ -513,8 +516,22 @@ def _run_export(store: KvStore, output: str) -> None:
 
 
 def _export_to_file(store: KvStore, output: str, progress: Progress | None) -> int:
-    """Export into a temporary file next to ``output``, renamed over it only when complete."""
-    target = os.path.abspath(output)
+    """Export into a temporary file next to ``output``, renamed over it only when complete.
+
+    A symlink is followed (the file it points to is replaced, not the link); a target that is
+    not a regular file (a FIFO, ``/dev/stdout``, a device) is written in place: renaming over
+    it would replace the node itself.
+    """
+    target = os.path.realpath(output)
+    try:
+        special = not stat.S_ISREG(os.stat(target).st_mode)
+    except FileNotFoundError:
+        special = False
+    if special:
+        with open(target, "wb") as out:
+            count = export_store(store, out, progress)
+            out.flush()
+        return count
     fd, temporary = tempfile.mkstemp(
         prefix=f".{os.path.basename(target)}.", suffix=".tmp", dir=os.path.dirname(target)
     )

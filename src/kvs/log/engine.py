@@ -223,6 +223,7 @@ class LogStore(KvStore):
         self._failure: str | None = None
         self._failure_delivered = False  # a caller got ReadOnlyError because of _failure
 
+        self._refuse_other_engines_data()
         self._lock_handle = self._take_lock()
         try:
             self._open_files()
@@ -236,6 +237,31 @@ class LogStore(KvStore):
         _open_stores.add(self)
 
     # -- opening -----------------------------------------------------------------------------
+
+    def _refuse_other_engines_data(self) -> None:
+        """Opened over another engine's data, this engine would show an empty store and
+        write its files beside that data: refuse before anything is created (the sqlite
+        engine refuses the other way round)."""
+        fs = self._fs
+        try:
+            names = fs.listdir(self.path)
+        except FileNotFoundError:
+            return  # a new store
+        except OSError as error:
+            raise StorageError(self.path, error) from None
+        recorded = None
+        if filenames.ENGINE_NAME in names:
+            try:
+                recorded = fs.read_bytes(filenames.engine_file(self.path)).decode().strip()
+            except (OSError, UnicodeDecodeError) as error:
+                raise KvsError(f"cannot read {filenames.engine_file(self.path)}: {error}") from None
+        elif "kvs.sqlite3" in names:
+            recorded = "sqlite"
+        if recorded and recorded != "kvs":
+            raise KvsError(
+                f"{self.path} holds data of the {recorded!r} engine; open it with "
+                f"engine={recorded!r}"
+            )
 
     def _take_lock(self) -> LockHandle:
         fs = self._fs
@@ -432,7 +458,11 @@ class LogStore(KvStore):
         return None if expires is None else max(0.0, (expires - now_ms()) / 1000)
 
     def scan(self, prefix: Key = b"") -> Iterator[Key]:
-        raw_prefix = to_bytes(prefix, "prefix")
+        # Not a generator itself: the snapshot is taken now, at the call (KvStore.scan's
+        # promise), not at the first next().
+        return self._scan_snapshot(to_bytes(prefix, "prefix"))
+
+    def _scan_snapshot(self, raw_prefix: bytes) -> Iterator[Key]:
         # dict.copy() runs no Python code (list(items()) can, through the GC), so no other
         # thread can change the dict mid-copy.
         items = list(self._index.copy().items())
@@ -443,8 +473,9 @@ class LogStore(KvStore):
             for key, location in items
             if key.startswith(raw_prefix) and not (expiry and 0 < expiry.get(key, 0) <= clock)
         )
-        for key, location in selected:
-            yield key.decode() if self._key_is_str(key, location) else key
+        return (
+            key.decode() if self._key_is_str(key, location) else key for key, location in selected
+        )
 
     def _key_is_str(self, key: bytes, location: int) -> bool:
         """Whether ``key`` was last set as ``str``: the KEY_STR flag of its record."""
@@ -674,7 +705,9 @@ class LogStore(KvStore):
 
     @staticmethod
     def _expires_ms(ttl: float) -> int:
-        return expiry_ms(ttl, ceiling=1 << 64)  # the record's expires_ms field is a u64
+        # The record's field is a u64, but every engine takes the same TTLs: below 2**63 ms,
+        # SQLite's signed 64-bit INTEGER.
+        return expiry_ms(ttl)
 
     def remove(self, key: Key) -> None:
         raw_key = to_bytes(key, "key")
