@@ -313,6 +313,32 @@ def test_a_server_sending_garbage_is_a_protocol_error() -> None:
         KvsClient("127.0.0.1", port, timeout=5)
 
 
+def test_a_reply_of_the_wrong_type_closes_the_connection() -> None:
+    """A server (or proxy) that sends one reply too many puts every later reply one command
+    late. The client used to go on, answering each command with the previous reply, and
+    counted any non-zero reply to DEL as a removal."""
+
+    def one_reply_too_many(conn: socket.socket) -> None:
+        assert read_exactly(conn, len(PING)) == PING
+        conn.sendall(b"+PONG\r\n+PONG\r\n")  # the second one answers nothing
+        while conn.recv(65536):
+            pass
+
+    for call in (
+        lambda c: c.get("k"),
+        lambda c: c.set("k", "v"),
+        lambda c: c.remove("k"),
+        lambda c: c.pipeline().set("k", "v").execute(),
+    ):
+        with fake_server(one_reply_too_many) as port:
+            client = KvsClient("127.0.0.1", port, timeout=5)
+            with pytest.raises(ReplyProtocolError, match="unexpected reply to"):
+                call(client)
+            assert client.closed
+            with pytest.raises(ConnectionLost):
+                client.get("k")
+
+
 def test_a_refusal_at_connect_time_is_raised_by_the_constructor(
     start_server: StartServer,
 ) -> None:

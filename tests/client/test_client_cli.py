@@ -210,3 +210,22 @@ def test_password_from_the_option_or_the_environment(start_server: StartServer) 
         kvs_client("get", "k", "--password", "wrong", *addr), EXIT_SERVER_ERROR
     )
     assert "WRONGPASS" in line
+
+
+def test_a_server_out_of_step_is_a_broken_connection_not_a_server_error() -> None:
+    """Exit 3 (the connection is unusable), as for garbage; it used to be 4, or even 0 for
+    an rm answered with a stray reply."""
+    import socket
+
+    from .test_client_api import PING, fake_server, read_exactly
+
+    def one_reply_too_many(conn: socket.socket) -> None:
+        assert read_exactly(conn, len(PING)) == PING
+        conn.sendall(b"+PONG\r\n+PONG\r\n")
+        while conn.recv(65536):
+            pass
+
+    with fake_server(one_reply_too_many) as port:
+        result = kvs_client("rm", "k", "--addr", f"127.0.0.1:{port}")
+    line = assert_one_line_error(result, EXIT_UNAVAILABLE)
+    assert "unexpected reply to DEL" in line

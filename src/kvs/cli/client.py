@@ -25,14 +25,21 @@ from collections.abc import Sequence
 
 from kvs import __version__
 from kvs.cli._args import UsageParser, add_set_get_rm
-from kvs.client import ConnectionFailed, InvalidAddress, KvsClient, ServerError, parse_addr
+from kvs.client import (
+    ConnectionFailed,
+    InvalidAddress,
+    KvsClient,
+    ReplyProtocolError,
+    ServerError,
+    parse_addr,
+)
 from kvs.errors import KeyNotFound, KvsError
 
 #: Exit status by outcome.
 EXIT_OK = 0
 EXIT_NOT_FOUND = 1  # rm of an absent key
 EXIT_USAGE = 2  # bad arguments, including an --addr that does not parse
-EXIT_UNAVAILABLE = 3  # no connection to the server, or it broke / timed out
+EXIT_UNAVAILABLE = 3  # no connection to the server, it broke / timed out, or sent nonsense
 EXIT_SERVER_ERROR = 4  # the server answered with an error (e.g. a wrong or missing password)
 EXIT_OUTPUT = 5  # the value could not be written out (a full disk, a closed stdout)
 
@@ -105,7 +112,7 @@ def main(argv: Sequence[str] | None = None) -> int:
                 except KeyNotFound:
                     print("Key not found", file=sys.stderr)
                     return EXIT_NOT_FOUND
-    except ConnectionFailed as error:
+    except (ConnectionFailed, ReplyProtocolError) as error:  # the connection is unusable
         return _fail(str(error), EXIT_UNAVAILABLE)
     except ServerError as error:
         return _fail(f"server error: {error}", EXIT_SERVER_ERROR)

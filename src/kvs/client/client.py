@@ -19,11 +19,11 @@ import socket
 from collections import deque
 from collections.abc import Callable
 from types import TracebackType
-from typing import Any, Final, Self
+from typing import Any, Final, Self, TypeVar
 
 from kvs.client.address import format_addr, parse_addr
 from kvs.client.errors import ConnectionFailed, ConnectionLost, ServerError
-from kvs.client.replies import ErrorReply, NeedData, Push, Reply, ReplyParser
+from kvs.client.replies import ErrorReply, NeedData, Push, Reply, ReplyParser, ReplyProtocolError
 from kvs.errors import KeyNotFound
 from kvs.protocol.resp import encode_command
 
@@ -67,10 +67,24 @@ def _raise_errors(reply: Reply) -> Reply:
     return reply
 
 
+_T = TypeVar("_T")
+
+
 def _expect_bulk(reply: Reply) -> bytes | None:
     if reply is None or isinstance(reply, bytes):
         return reply
-    raise ServerError(f"ERR unexpected reply to GET: {reply!r}")
+    raise ReplyProtocolError(f"unexpected reply to GET: {reply!r:.200}")
+
+
+def _expect_ok(reply: Reply) -> None:
+    if reply != "OK":
+        raise ReplyProtocolError(f"unexpected reply to SET: {reply!r:.200}")
+
+
+def _expect_count(reply: Reply) -> int:
+    if type(reply) is not int or reply < 0:
+        raise ReplyProtocolError(f"unexpected reply to DEL: {reply!r:.200}")
+    return reply
 
 
 class KvsClient:
@@ -163,16 +177,27 @@ class KvsClient:
 
     def set(self, key: str | bytes, value: str | bytes) -> None:
         """Store ``value`` under ``key``."""
-        self.execute("SET", key, value)
+        self._checked(_expect_ok, "SET", key, value)
 
     def get(self, key: str | bytes) -> bytes | None:
         """The value of ``key``, or None if there is none."""
-        return _expect_bulk(self.execute("GET", key))
+        return self._checked(_expect_bulk, "GET", key)
 
     def remove(self, key: str | bytes) -> None:
         """Remove ``key``; :class:`kvs.KeyNotFound` if it is not there."""
-        if self.execute("DEL", key) == 0:
+        if self._checked(_expect_count, "DEL", key) == 0:
             raise KeyNotFound(key)
+
+    def _checked(self, expect: Callable[[Reply], _T], *args: Arg) -> _T:
+        """``execute(*args)``, its reply checked by ``expect``. A reply of the wrong type
+        means that replies and commands are out of step (a buggy server or proxy): every
+        later reply would answer an earlier command, so the connection is closed."""
+        reply = self.execute(*args)
+        try:
+            return expect(reply)
+        except ReplyProtocolError:
+            self.close()
+            raise
 
     def ping(self) -> None:
         """Check that the server answers; raises if it does not."""
@@ -330,14 +355,14 @@ class Pipeline:
         return self._queue(args, _raise_errors)
 
     def set(self, key: str | bytes, value: str | bytes) -> Self:
-        return self._queue(("SET", key, value), lambda reply: None)
+        return self._queue(("SET", key, value), _expect_ok)
 
     def get(self, key: str | bytes) -> Self:
         return self._queue(("GET", key), _expect_bulk)
 
     def remove(self, key: str | bytes) -> Self:
         def removed(reply: Reply) -> None:
-            if reply == 0:
+            if _expect_count(reply) == 0:
                 raise KeyNotFound(key)
 
         return self._queue(("DEL", key), removed)
@@ -375,6 +400,9 @@ class Pipeline:
             except (ServerError, KeyNotFound) as error:
                 results.append(error)
                 first_error = first_error or error
+            except ReplyProtocolError:
+                self._client.close()  # out of step: see KvsClient._checked
+                raise
         if first_error is not None and raise_on_error:
             raise first_error
         return results
