@@ -25,7 +25,8 @@ def test_every_operation_is_counted_and_named(tmp_path: Path) -> None:
     assert {name for name, _ in fs.ops[opened:]} <= {"append.reserve", "append.write"}
     store.close()
     names = [name for name, _ in fs.ops]
-    assert names[0] == "makedirs" and "lock" in names and "open_append" in names
+    # listdir first: opening checks that the directory holds no other engine's data
+    assert names[:2] == ["listdir", "makedirs"] and "lock" in names and "open_append" in names
     assert names[-1] == "lock.close" and "append.close" in names
     assert len(fs.ops_named("append.write")) == 1
     assert SimulatedCrash.__mro__[1] is BaseException
