@@ -191,6 +191,15 @@ def test_every_engine_takes_the_same_ttls(store: KvStore) -> None:
     assert (store.ttl("long") or 0) > 1.9e15
 
 
+def test_a_str_that_is_not_unicode_text_is_refused(store: KvStore) -> None:
+    """A lone surrogate cannot be stored as UTF-8; the memory engine used to keep it."""
+    with pytest.raises(UnicodeEncodeError):
+        store.set("k", "\ud800")
+    with pytest.raises(UnicodeEncodeError):
+        store.set("\ud800", "v")
+    assert store.get("k") is None
+
+
 # -- batches -----------------------------------------------------------------------------------
 
 

@@ -30,7 +30,10 @@ def _key(key: object) -> tuple[bytes, bool]:
 
 def _value(value: object) -> Value:
     """The value as it is kept: ``str`` stays ``str``, any bytes-like becomes ``bytes``."""
-    if isinstance(value, str | bytes):
+    if isinstance(value, bytes):
+        return value
+    if isinstance(value, str):
+        value.encode()  # as the engines that store UTF-8: a lone surrogate is refused
         return value
     return to_bytes(value, "value")
 
