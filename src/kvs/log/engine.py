@@ -705,9 +705,7 @@ class LogStore(KvStore):
 
     @staticmethod
     def _expires_ms(ttl: float) -> int:
-        # The record's field is a u64, but every engine takes the same TTLs: below 2**63 ms,
-        # SQLite's signed 64-bit INTEGER.
-        return expiry_ms(ttl)
+        return expiry_ms(ttl, ceiling=1 << 64)  # the record's expires_ms field is a u64
 
     def remove(self, key: Key) -> None:
         raw_key = to_bytes(key, "key")
