@@ -88,31 +88,27 @@ def _store_dir(args: argparse.Namespace) -> str:
 
 
 def directory_engine(directory: str) -> str | None:
-    """The engine whose data ``directory`` holds: the one ``kvs-server`` recorded in
-    ``kvs.engine``, else the one whose files are there; ``None`` for neither (or no such
-    directory)."""
-    try:
-        with open(filenames.engine_file(directory), encoding="utf-8") as f:
-            recorded = f.read().strip()
-        if recorded:
-            return recorded
-    except OSError:
-        pass
+    """The engine whose data ``directory`` holds (``filenames.engine_holding``); ``None`` for
+    none (or no such directory)."""
     try:
         names = os.listdir(directory)
     except OSError:
         return None
-    if any(filenames.parse(name) is not None for name in names):
-        return "kvs"
-    if "kvs.sqlite3" in names:
-        return "sqlite"
-    return None
+
+    def read_engine_file() -> bytes:
+        try:
+            with open(filenames.engine_file(directory), "rb") as f:
+                return f.read()
+        except OSError:
+            return b""
+
+    return filenames.engine_holding(names, read_engine_file)
 
 
-def _engine(args: argparse.Namespace, directory: str) -> str:
-    """``--engine``, checked against the directory's data; else that data's engine."""
+def _engine(args: argparse.Namespace, directory: str, holds: str | None) -> str:
+    """``--engine``, checked against the engine whose data the directory ``holds``; else
+    that data's engine."""
     requested: str | None = getattr(args, "engine", None)
-    holds = directory_engine(directory)
     if requested is not None and holds is not None and holds != requested:
         # Another engine would show an empty store and write beside the data: refuse.
         raise KvsError(
@@ -139,7 +135,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     logging.basicConfig(format="kvs: %(levelname)s: %(message)s", level=logging.WARNING)
     directory = _store_dir(args)
     try:
-        engine = _engine(args, directory)
+        holds = directory_engine(directory)
+        engine = _engine(args, directory, holds)
         if args.command == "check":
             if engine != "kvs":
                 return _fail(f"check reads the kvs engine's files; {directory} is {engine}", 2)
@@ -150,11 +147,7 @@ def main(argv: Sequence[str] | None = None) -> int:
                 "program or through kvs-server",
                 EXIT_USAGE,
             )
-        if (
-            args.command in _READING
-            and engine in ("kvs", "sqlite")
-            and directory_engine(directory) is None
-        ):
+        if args.command in _READING and engine in ("kvs", "sqlite") and holds is None:
             # Nothing to read, and no files made for it (a typo in --dir would otherwise
             # leave a new store behind, and pin the directory to an engine).
             if args.command == "get":

@@ -72,7 +72,7 @@ from kvs.store import Key, KvStore, SyncPolicy, Value, WriteBatch, expiry_ms, no
 
 log = logging.getLogger("kvs.sqlite")
 
-DB_NAME = "kvs.sqlite3"
+DB_NAME = filenames.SQLITE_NAME
 #: ``PRAGMA user_version`` of the table layout described above.
 FORMAT_VERSION = 1
 KEY_STR = 1
@@ -216,26 +216,21 @@ class SqliteStore(KvStore):
 
     def _refuse_other_engines_data(self) -> None:
         """Opening another engine's directory would show an empty store and write beside
-        its data: refuse, as kvs-server does."""
+        its data: refuse, as kvs-server and the kvs engine do."""
+        engine_file = filenames.engine_file(self.path)
+
+        def read_engine_file() -> bytes:
+            with open(engine_file, "rb") as f:
+                return f.read()
+
         try:
-            with open(filenames.engine_file(self.path), encoding="utf-8") as f:
-                recorded = f.read().strip()
-        except FileNotFoundError:
-            recorded = "sqlite"
+            holder = filenames.engine_holding(os.listdir(self.path), read_engine_file)
         except OSError as error:
-            raise StorageError(filenames.engine_file(self.path), error) from None
-        if recorded != "sqlite":
+            raise StorageError(getattr(error, "filename", None) or engine_file, error) from None
+        if holder not in (None, "sqlite"):
             raise KvsError(
-                f"{self.path} holds data of the {recorded!r} engine (recorded in "
-                f"{filenames.engine_file(self.path)}); open it with engine={recorded!r}"
+                f"{self.path} holds data of the {holder!r} engine; open it with engine={holder!r}"
             )
-        for name in os.listdir(self.path):
-            parsed = filenames.parse(name)
-            if parsed is not None and parsed[0] is filenames.FileKind.DATA:
-                raise KvsError(
-                    f"{self.path} holds data of the 'kvs' engine ({name}); "
-                    "open it with engine='kvs'"
-                )
 
     def _connect(self) -> sqlite3.Connection:
         try:

@@ -249,18 +249,15 @@ class LogStore(KvStore):
             return  # a new store
         except OSError as error:
             raise StorageError(self.path, error) from None
-        recorded = None
-        if filenames.ENGINE_NAME in names:
-            try:
-                recorded = fs.read_bytes(filenames.engine_file(self.path)).decode().strip()
-            except (OSError, UnicodeDecodeError) as error:
-                raise KvsError(f"cannot read {filenames.engine_file(self.path)}: {error}") from None
-        elif "kvs.sqlite3" in names:
-            recorded = "sqlite"
-        if recorded and recorded != "kvs":
+        try:
+            holder = filenames.engine_holding(
+                names, lambda: fs.read_bytes(filenames.engine_file(self.path))
+            )
+        except OSError as error:
+            raise StorageError(filenames.engine_file(self.path), error) from None
+        if holder not in (None, "kvs"):
             raise KvsError(
-                f"{self.path} holds data of the {recorded!r} engine; open it with "
-                f"engine={recorded!r}"
+                f"{self.path} holds data of the {holder!r} engine; open it with engine={holder!r}"
             )
 
     def _take_lock(self) -> LockHandle:

@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import os
 import re
+from collections.abc import Callable, Collection
 from enum import Enum
 
 
@@ -52,6 +53,26 @@ def lock_file(directory: str) -> str:
 
 def engine_file(directory: str) -> str:
     return os.path.join(directory, ENGINE_NAME)
+
+
+#: The sqlite engine's database (``kvs.engines.sqlite``), named here so that every engine can
+#: tell whose data a directory holds.
+SQLITE_NAME = "kvs.sqlite3"
+
+
+def engine_holding(names: Collection[str], read_engine_file: Callable[[], bytes]) -> str | None:
+    """The engine whose data a directory of these file ``names`` holds: the one ``kvs-server``
+    recorded in ``kvs.engine`` (read with ``read_engine_file``), else the one whose files are
+    there; ``None`` for neither."""
+    if ENGINE_NAME in names:
+        recorded = read_engine_file().decode(errors="replace").strip()
+        if recorded:
+            return recorded
+    if any(parse(name) is not None for name in names):
+        return "kvs"
+    if SQLITE_NAME in names:
+        return "sqlite"
+    return None
 
 
 def parse(name: str) -> tuple[FileKind, int] | None:
