@@ -211,22 +211,21 @@ def _check_records(report: Report, path: str, buffer: ReadBuffer, size: int, new
                 report.records += 1
             return
         except record.BadRecord as bad:
+            reason = bad.reason
             if newest:
                 later = record.valid_record_after_damage(buffer, bad.offset, size)
-                reason = bad.reason
-                if later is not None:
-                    reason += f"; valid records follow at offset {later}"
                 kind: ProblemKind = "corruption" if later is not None else "torn-tail"
-                report.problems.append(Problem(kind, path, bad.offset, reason))
-                return
-            later = _end_of_damage(buffer, bad.offset, size)
-            reason = bad.reason + "; in a sealed (not newest) file"
+                end = None  # cut at the first damage, with everything after it
+            else:
+                later = end = _end_of_damage(buffer, bad.offset, size)
+                kind = "corruption"
+                reason += "; in a sealed (not newest) file"
             if later is not None:
                 reason += f"; valid records follow at offset {later}"
-            report.problems.append(Problem("corruption", path, bad.offset, reason, later))
-            if later is None:
+            report.problems.append(Problem(kind, path, bad.offset, reason, end))
+            if end is None:
                 return
-            start = later
+            start = end
 
 
 def _end_of_damage(buffer: ReadBuffer, offset: int, size: int) -> int | None:
