@@ -50,6 +50,9 @@ Run it from the repository root (needs ``redis-server`` and ``redis-benchmark`` 
 ``--kvs-loop asyncio`` runs kvs-server on asyncio's own event loop even when uvloop is
 installed (to measure what uvloop brings: ``pip install -e '.[server]'`` installs it).
 
+``--kvs-server bench/floor_server.py`` puts the floor of a Python RESP server in kvs-server's
+place (see that file): the least work per request, which bounds what kvs-server can reach.
+
 This is a script, not a test: nothing here is collected by pytest.
 """
 
@@ -281,6 +284,8 @@ def kvs_argv(kvs_server: str, loop: str, port: int, directory: str) -> list[str]
     args = ["--addr", f"127.0.0.1:{port}", "--dir", directory, "--sync", "everysec"]
     if loop == "asyncio":
         return [kvs_interpreter(kvs_server), "-c", NO_UVLOOP, *args]
+    if kvs_server.endswith(".py"):  # a script in kvs-server's place, e.g. floor_server.py
+        return [sys.executable, kvs_server, *args]
     return [kvs_server, *args]
 
 
@@ -633,7 +638,7 @@ def main(argv: Sequence[str] | None = None) -> int:
 
 def bench(args: argparse.Namespace) -> int:
     for tool in (args.redis_server, args.redis_benchmark, args.kvs_server):
-        if shutil.which(tool) is None:
+        if shutil.which(tool) is None and not (tool.endswith(".py") and os.path.isfile(tool)):
             log(f"not found: {tool} (apt-get install redis-server redis-tools; pip install -e .)")
             return 2
     cases = all_cases()
