@@ -429,7 +429,8 @@ def _command(state: ServerState, session: Session, argv: list[bytes]) -> bytes:
                 entries.append(enc.null_array)
                 continue
             flags = [enc.simple(b"write" if cmd.write else b"readonly")]
-            first_key = 1 if cmd.name in _KEYED else 0
+            keyed = cmd.name in _KEYED
+            first_key, last_key, step = _KEY_RANGES.get(cmd.name, (1, 1, 1) if keyed else (0, 0, 0))
             entries.append(
                 enc.array(
                     [
@@ -437,8 +438,8 @@ def _command(state: ServerState, session: Session, argv: list[bytes]) -> bytes:
                         enc.integer(cmd.arity),
                         enc.set(flags),
                         enc.integer(first_key),
-                        enc.integer(-1 if first_key and cmd.name in _MULTI_KEY else first_key),
-                        enc.integer(1 if first_key else 0),
+                        enc.integer(last_key),
+                        enc.integer(step),
                         enc.set([]),  # ACL categories
                         enc.array([]),  # tips
                         enc.array([]),  # key specifications
@@ -544,9 +545,15 @@ def _shutdown(state: ServerState, session: Session, argv: list[bytes]) -> bytes:
 _KEYED: Final = {
     "get", "set", "getdel", "mget", "mset", "del", "unlink", "exists", "expire", "pexpire",
     "ttl", "pttl", "persist", "type", "strlen", "append", "incr", "incrby", "decr", "decrby",
-    "getset", "setnx", "expireat", "pexpireat",
+    "getset", "setnx", "expireat", "pexpireat", "setex", "psetex", "msetnx", "getex",
+    "rename", "renamenx", "touch",
 }  # fmt: skip
-_MULTI_KEY: Final = {"mget", "mset", "del", "unlink", "exists"}
+#: COMMAND INFO's (first key, last key, step) where it is not (1, 1, 1), as Redis reports it.
+_KEY_RANGES: Final = {
+    "mget": (1, -1, 1), "del": (1, -1, 1), "unlink": (1, -1, 1), "exists": (1, -1, 1),
+    "touch": (1, -1, 1), "mset": (1, -1, 2), "msetnx": (1, -1, 2), "rename": (1, 2, 1),
+    "renamenx": (1, 2, 1),
+}  # fmt: skip
 
 
 def _db(session: Session, state: ServerState) -> KvStore | _Transaction:
@@ -663,6 +670,71 @@ def _getdel(state: ServerState, session: Session, argv: list[bytes]) -> bytes:
     return session.encoder.bulk(old)
 
 
+def _set_expiring(state: ServerState, session: Session, argv: list[bytes], seconds: bool) -> bytes:
+    """SETEX key seconds value, PSETEX key milliseconds value."""
+    number = _parse_int(argv[2])
+    if number is None:
+        return _WRONG_INT
+    if number <= 0 or _expire_overflows(number, seconds, b"ex" if seconds else b"px"):
+        return b"-ERR invalid expire time in '%b' command\r\n" % _printable(argv[0].lower())
+    _db(session, state).set(argv[1], argv[3], ttl=float(number) if seconds else number / 1000)
+    return OK
+
+
+@command("setex", 4, write=True)
+def _setex(state: ServerState, session: Session, argv: list[bytes]) -> bytes:
+    return _set_expiring(state, session, argv, seconds=True)
+
+
+@command("psetex", 4, write=True)
+def _psetex(state: ServerState, session: Session, argv: list[bytes]) -> bytes:
+    return _set_expiring(state, session, argv, seconds=False)
+
+
+@command("getex", -2, write=True)
+def _getex(state: ServerState, session: Session, argv: list[bytes]) -> bytes:
+    # As Redis: the options first (one kind of expiry, which may come again, the last one
+    # counting; or PERSIST), then the key, and only for a present key the expiry's number.
+    expiry_option: bytes | None = None
+    expiry_text = b""
+    persist = False
+    i = 2
+    while i < len(argv):
+        option = argv[i].lower()
+        if option in (b"ex", b"px", b"exat", b"pxat") and i + 1 < len(argv):
+            if persist or expiry_option not in (None, option):
+                return _SYNTAX
+            expiry_option, expiry_text = option, argv[i + 1]
+            i += 2
+        elif option == b"persist" and expiry_option is None:
+            persist = True
+            i += 1
+        else:
+            return _SYNTAX
+    db, enc, key = _db(session, state), session.encoder, argv[1]
+    value = _get_bytes(db, key)
+    if value is None:
+        return enc.null_bulk
+    if expiry_option is not None:
+        number = _parse_int(expiry_text)
+        if number is None:
+            return _WRONG_INT
+        seconds = expiry_option in (b"ex", b"exat")
+        if number <= 0 or _expire_overflows(number, seconds, expiry_option):
+            return b"-ERR invalid expire time in 'getex' command\r\n"
+        if expiry_option in (b"ex", b"px"):
+            ttl = float(number) if seconds else number / 1000
+        else:
+            ttl = ((number * 1000 if seconds else number) - time.time() * 1000) / 1000
+        if ttl <= 0:  # an absolute time already past: Redis deletes the key
+            db.remove(key)
+        else:
+            db.expire(key, ttl)
+    elif persist and db.ttl(key) is not None:
+        db.expire(key, None)
+    return enc.bulk(value)
+
+
 @command("mget", -2)
 def _mget(state: ServerState, session: Session, argv: list[bytes]) -> bytes:
     db = _db(session, state)
@@ -675,6 +747,48 @@ def _mset(state: ServerState, session: Session, argv: list[bytes]) -> bytes:
         return b"-ERR wrong number of arguments for 'mset' command\r\n"
     _db(session, state).update(list(zip(argv[1::2], argv[2::2], strict=True)))
     return OK
+
+
+@command("msetnx", -3, write=True)
+def _msetnx(state: ServerState, session: Session, argv: list[bytes]) -> bytes:
+    if len(argv) % 2 == 0:
+        return b"-ERR wrong number of arguments for 'msetnx' command\r\n"
+    db = _db(session, state)
+    if any(_get_bytes(db, key) is not None for key in argv[1::2]):
+        return _ZERO
+    db.update(list(zip(argv[1::2], argv[2::2], strict=True)))
+    return _ONE
+
+
+def _rename_generic(state: ServerState, session: Session, argv: list[bytes], nx: bool) -> bytes:
+    """RENAME / RENAMENX: the value and its time to live move to the new name, in one batch."""
+    db, source, target = _db(session, state), argv[1], argv[2]
+    value = _get_bytes(db, source)
+    if value is None:
+        return b"-ERR no such key\r\n"
+    if source == target:
+        return _ZERO if nx else OK
+    if nx and _get_bytes(db, target) is not None:
+        return _ZERO
+    try:
+        ttl = db.ttl(source)
+    except KeyNotFound:  # expired between the two reads
+        return b"-ERR no such key\r\n"
+    batch = WriteBatch()
+    batch.set(target, value, ttl=ttl)
+    batch.remove(source)
+    db.write(batch)
+    return _ONE if nx else OK
+
+
+@command("rename", 3, write=True)
+def _rename(state: ServerState, session: Session, argv: list[bytes]) -> bytes:
+    return _rename_generic(state, session, argv, nx=False)
+
+
+@command("renamenx", 3, write=True)
+def _renamenx(state: ServerState, session: Session, argv: list[bytes]) -> bytes:
+    return _rename_generic(state, session, argv, nx=True)
 
 
 @command("del", -2, write=True)
@@ -699,6 +813,15 @@ register(Command("unlink", -2, _del, write=True))
 def _exists(state: ServerState, session: Session, argv: list[bytes]) -> bytes:
     db = _db(session, state)
     return session.encoder.integer(sum(db.get(key) is not None for key in argv[1:]))
+
+
+register(Command("touch", -2, _exists))  # no access times here: TOUCH counts, as EXISTS
+
+
+@command("time", 1)
+def _time(state: ServerState, session: Session, argv: list[bytes]) -> bytes:
+    now_us = time.time_ns() // 1000
+    return session.encoder.bulk_array([b"%d" % (now_us // 1_000_000), b"%d" % (now_us % 1_000_000)])
 
 
 @command("type", 2)

@@ -1,0 +1,239 @@
+"""kvs-server against a real redis-server: the same commands, the same replies.
+
+Each script runs on a flushed database of both servers, one command at a time through
+redis-py (RESP2 and RESP3); every reply, or every error's class and text, must be equal.
+Replies that depend on the clock are compared after ``_comparable`` (a TTL in whole seconds
+is exact on both; a PTTL is compared to the second; TIME by shape). Needs ``redis-server``
+(``.ci/run`` installs it); skipped without it.
+"""
+
+from __future__ import annotations
+
+import shutil
+import tempfile
+import time
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+import redis
+
+from kvs.localservers import RedisServer, free_port
+
+from .helpers import ServerProcess
+
+Script = list[tuple[str, ...]]
+
+
+@pytest.fixture(scope="module")
+def real_redis() -> Iterator[RedisServer]:
+    if shutil.which("redis-server") is None:
+        pytest.skip("redis-server is not installed (apt-get install redis-server)")
+    root = Path(tempfile.mkdtemp(prefix="kvs-vs-redis-"))
+    server = RedisServer(root, free_port())
+    server.start()
+    try:
+        yield server
+    finally:
+        server.stop()
+        shutil.rmtree(root, ignore_errors=True)
+
+
+def _run(client: redis.Redis, script: Script) -> list[Any]:
+    client.flushdb()
+    replies: list[Any] = []
+    for command in script:
+        try:
+            reply = client.execute_command(*command)
+        except redis.ResponseError as error:
+            reply = ("error", type(error).__name__, str(error))
+        replies.append(_comparable(command[0].upper(), reply))
+    return replies
+
+
+def _comparable(name: str, reply: Any) -> Any:
+    if isinstance(reply, Exception):  # inside an EXEC reply
+        return ("error", type(reply).__name__, str(reply))
+    if name == "EXEC" and isinstance(reply, list):
+        return [_comparable("", item) for item in reply]
+    if name == "PTTL" and isinstance(reply, int) and reply > 0:
+        return ("pttl, seconds", round(reply / 1000))
+    if name == "TIME" and not (isinstance(reply, tuple) and reply[0] == "error"):
+        seconds, micros = reply
+        assert abs(int(seconds) - time.time()) < 5 and 0 <= int(micros) < 1_000_000
+        return "a time"
+    return reply
+
+
+def _compare(kvs: ServerProcess, real: RedisServer, protocol: int, script: Script) -> None:
+    ours = kvs.client(protocol)
+    theirs = real.client(protocol=protocol, socket_timeout=20, retry=None)
+    try:
+        expected = _run(theirs, script)
+        got = _run(ours, script)
+    finally:
+        ours.close()
+        theirs.close()
+    for command, want, have in zip(script, expected, got, strict=True):
+        assert have == want, f"{command}: redis replied {want!r}, kvs-server {have!r}"
+
+
+FAR = str(2**62)  # an absolute time far past what fits in milliseconds
+SCRIPTS: dict[str, Script] = {
+    "setex": [
+        ("SETEX", "k", "100", "v"),
+        ("GET", "k"),
+        ("TTL", "k"),
+        ("SETEX", "k", "0", "v"),
+        ("SETEX", "k", "-5", "v"),
+        ("SETEX", "k", "ten", "v"),
+        ("SETEX", "k", "1.5", "v"),
+        ("SETEX", "k", "9223372036854775807", "v"),
+        ("SETEX", "k", "9223372036854775", "v"),
+        ("setex", "k", "100"),
+        ("GET", "k"),
+        ("SET", "plain", "x"),
+        ("SETEX", "plain", "50", "y"),
+        ("TTL", "plain"),
+    ],
+    "psetex": [
+        ("PSETEX", "k", "100000", "v"),
+        ("PTTL", "k"),
+        ("TTL", "k"),
+        ("PSETEX", "k", "0", "v"),
+        ("PSETEX", "k", "9223372036854775807", "v"),
+        ("PSETEX", "k", "x", "v"),
+        ("GET", "k"),
+    ],
+    "msetnx": [
+        ("MSETNX", "a", "1", "b", "2"),
+        ("MGET", "a", "b"),
+        ("MSETNX", "b", "3", "c", "4"),
+        ("MGET", "a", "b", "c"),
+        ("MSETNX", "c", "1", "c", "2"),
+        ("GET", "c"),
+        ("MSETNX", "d", "1", "e"),
+        ("MSETNX", "d"),
+        ("EXISTS", "d", "e"),
+    ],
+    "getex": [
+        ("GETEX", "missing"),
+        ("GETEX", "missing", "EX", "ten"),
+        ("SET", "k", "v"),
+        ("GETEX", "k"),
+        ("TTL", "k"),
+        ("GETEX", "k", "EX", "100"),
+        ("TTL", "k"),
+        ("GETEX", "k", "PX", "200000"),
+        ("TTL", "k"),
+        ("GETEX", "k", "PERSIST"),
+        ("TTL", "k"),
+        ("GETEX", "k", "EXAT", str(int(time.time()) + 300)),
+        ("TTL", "k"),
+        ("GETEX", "k", "EX", "100", "EX", "200"),
+        ("TTL", "k"),
+        ("GETEX", "k", "EX", "100", "PX", "200"),
+        ("GETEX", "k", "EX", "100", "PERSIST"),
+        ("GETEX", "k", "PERSIST", "EX", "100"),
+        ("GETEX", "k", "PERSIST", "PERSIST"),
+        ("GETEX", "k", "EX"),
+        ("GETEX", "k", "NX"),
+        ("GETEX", "k", "KEEPTTL"),
+        ("GETEX", "k", "EX", "0"),
+        ("GETEX", "k", "EX", "-1"),
+        ("GETEX", "k", "EX", "abc"),
+        ("GETEX", "k", "EXAT", "0"),
+        ("GETEX", "k", "PXAT", FAR),
+        ("GETEX", "k", "EX", "9223372036854775807"),
+        ("GET", "k"),
+        ("GETEX", "k", "PXAT", "1"),
+        ("GETEX", "k", "PXAT", "1"),
+        ("EXISTS", "k"),
+        ("SET", "k2", "v"),
+        ("GETEX", "k2", "EXAT", "1"),
+        ("EXISTS", "k2"),
+    ],
+    "rename": [
+        ("RENAME", "missing", "x"),
+        ("SET", "a", "1"),
+        ("RENAME", "a", "b"),
+        ("MGET", "a", "b"),
+        ("RENAME", "b", "b"),
+        ("GET", "b"),
+        ("SET", "c", "3"),
+        ("EXPIRE", "b", "100"),
+        ("RENAME", "b", "c"),
+        ("MGET", "b", "c"),
+        ("TTL", "c"),
+        ("SET", "d", "4"),
+        ("EXPIRE", "d", "50"),
+        ("RENAME", "c", "d"),
+        ("TTL", "d"),
+        ("rename", "d"),
+    ],
+    "renamenx": [
+        ("RENAMENX", "missing", "x"),
+        ("SET", "a", "1"),
+        ("SET", "b", "2"),
+        ("RENAMENX", "a", "b"),
+        ("MGET", "a", "b"),
+        ("RENAMENX", "a", "a"),
+        ("EXPIRE", "a", "100"),
+        ("RENAMENX", "a", "c"),
+        ("MGET", "a", "b", "c"),
+        ("TTL", "c"),
+    ],
+    "touch and time": [
+        ("SET", "a", "1"),
+        ("TOUCH", "a", "b", "a"),
+        ("TOUCH",),
+        ("TIME",),
+        ("TIME", "extra"),
+    ],
+    "in a transaction": [
+        ("SET", "a", "1"),
+        ("MULTI",),
+        ("SETEX", "b", "100", "2"),
+        ("RENAME", "a", "c"),
+        ("MSETNX", "c", "9", "d", "9"),
+        ("GETEX", "b", "PERSIST"),
+        ("RENAMENX", "b", "e"),
+        ("SETEX", "f", "0", "x"),
+        ("EXEC",),
+        ("MGET", "a", "b", "c", "d", "e", "f"),
+        ("TTL", "e"),
+        ("MULTI",),
+        ("GETEX", "e", "EX"),
+        ("EXEC",),
+        ("MULTI",),
+        ("PSETEX", "g"),
+        ("EXEC",),
+        ("EXISTS", "g"),
+    ],
+}
+
+
+@pytest.mark.parametrize("name", sorted(SCRIPTS))
+def test_replies_match_redis(
+    name: str, shared_server: ServerProcess, real_redis: RedisServer, protocol: int
+) -> None:
+    _compare(shared_server, real_redis, protocol, SCRIPTS[name])
+
+
+def test_command_info_key_positions_match_redis(
+    shared_server: ServerProcess, real_redis: RedisServer
+) -> None:
+    """redis-cli and cluster-aware clients find the keys of a command from COMMAND INFO."""
+    names = ["get", "mset", "msetnx", "rename", "renamenx", "touch", "setex", "getex", "time"]
+    ours = shared_server.client(2)
+    theirs = real_redis.client(protocol=2)
+    try:
+        got = ours.execute_command("COMMAND", "INFO", *names)
+        expected = theirs.execute_command("COMMAND", "INFO", *names)
+    finally:
+        ours.close()
+        theirs.close()
+    for name, have, want in zip(names, got, expected, strict=True):
+        # name, arity, flags (not compared: Redis lists many more), first key, last key, step
+        assert [have[0], have[1], *have[3:6]] == [want[0], want[1], *want[3:6]], name
