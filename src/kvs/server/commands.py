@@ -19,6 +19,7 @@ from array import array
 from bisect import bisect_left
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
+from functools import partial
 from typing import Final
 
 from crc32c import crc32c
@@ -584,7 +585,6 @@ def _set(state: ServerState, session: Session, argv: list[bytes]) -> bytes:
     db, enc = _db(session, state), session.encoder
     key, value = argv[1], argv[2]
     ttl: float | None = None
-    at_ms: int | None = None
     nx = xx = get = keepttl = False
     # As Redis: the options first (the same expiry option may come again, the last one
     # counts; two different ones are a syntax error), then the expiry's number.
@@ -613,28 +613,18 @@ def _set(state: ServerState, session: Session, argv: list[bytes]) -> bytes:
         else:
             return _SYNTAX
     if expiry_option is not None:
-        number = _parse_int(expiry_text)
-        if number is None:
-            return _WRONG_INT
-        seconds = expiry_option in (b"ex", b"exat")
-        if number <= 0 or _expire_overflows(number, seconds, expiry_option):
-            return b"-ERR invalid expire time in 'set' command\r\n"
-        if expiry_option == b"ex":
-            ttl = float(number)
-        elif expiry_option == b"px":
-            ttl = number / 1000
-        else:
-            at_ms = number * 1000 if seconds else number
+        parsed = _expiry_seconds(expiry_option, expiry_text, b"set")
+        if isinstance(parsed, bytes):
+            return parsed
+        ttl = parsed
     old = _get_bytes(db, key) if (nx or xx or get) else None
     exists = old is not None if (nx or xx or get) else False
     if (nx and exists) or (xx and not exists):
         return enc.bulk(old) if get else enc.null_bulk
-    if at_ms is not None:
-        ttl = (at_ms - time.time() * 1000) / 1000
-        if ttl <= 0:  # already in the past: Redis deletes the key
-            if exists or _get_bytes(db, key) is not None:
-                db.remove(key)
-            return enc.bulk(old) if get else OK
+    if ttl is not None and ttl <= 0:  # an absolute time already past: Redis deletes the key
+        if exists or _get_bytes(db, key) is not None:
+            db.remove(key)
+        return enc.bulk(old) if get else OK
     if keepttl:
         try:
             ttl = db.ttl(key)
@@ -670,25 +660,36 @@ def _getdel(state: ServerState, session: Session, argv: list[bytes]) -> bytes:
     return session.encoder.bulk(old)
 
 
-def _set_expiring(state: ServerState, session: Session, argv: list[bytes], seconds: bool) -> bytes:
-    """SETEX key seconds value, PSETEX key milliseconds value."""
-    number = _parse_int(argv[2])
+def _expiry_seconds(option: bytes, text: bytes, command_name: bytes) -> float | bytes:
+    """The time to live that expiry ``option`` (ex, px, exat, pxat) with number ``text``
+    gives, in seconds (<= 0 for an absolute time already past); or the error reply, as
+    Redis's getExpireMillisecondsOrReply words it."""
+    number = _parse_int(text)
     if number is None:
         return _WRONG_INT
-    if number <= 0 or _expire_overflows(number, seconds, b"ex" if seconds else b"px"):
-        return b"-ERR invalid expire time in '%b' command\r\n" % _printable(argv[0].lower())
-    _db(session, state).set(argv[1], argv[3], ttl=float(number) if seconds else number / 1000)
+    seconds = option in (b"ex", b"exat")
+    if number <= 0 or _expire_overflows(number, seconds, option):
+        return b"-ERR invalid expire time in '%b' command\r\n" % command_name
+    if option == b"ex":
+        return float(number)
+    if option == b"px":
+        return number / 1000
+    return ((number * 1000 if seconds else number) - time.time() * 1000) / 1000
+
+
+def _set_expiring(
+    state: ServerState, session: Session, argv: list[bytes], option: bytes, name: bytes
+) -> bytes:
+    """SETEX key seconds value, PSETEX key milliseconds value."""
+    ttl = _expiry_seconds(option, argv[2], name)
+    if isinstance(ttl, bytes):
+        return ttl
+    _db(session, state).set(argv[1], argv[3], ttl=ttl)
     return OK
 
 
-@command("setex", 4, write=True)
-def _setex(state: ServerState, session: Session, argv: list[bytes]) -> bytes:
-    return _set_expiring(state, session, argv, seconds=True)
-
-
-@command("psetex", 4, write=True)
-def _psetex(state: ServerState, session: Session, argv: list[bytes]) -> bytes:
-    return _set_expiring(state, session, argv, seconds=False)
+register(Command("setex", 4, partial(_set_expiring, option=b"ex", name=b"setex"), write=True))
+register(Command("psetex", 4, partial(_set_expiring, option=b"px", name=b"psetex"), write=True))
 
 
 @command("getex", -2, write=True)
@@ -716,16 +717,9 @@ def _getex(state: ServerState, session: Session, argv: list[bytes]) -> bytes:
     if value is None:
         return enc.null_bulk
     if expiry_option is not None:
-        number = _parse_int(expiry_text)
-        if number is None:
-            return _WRONG_INT
-        seconds = expiry_option in (b"ex", b"exat")
-        if number <= 0 or _expire_overflows(number, seconds, expiry_option):
-            return b"-ERR invalid expire time in 'getex' command\r\n"
-        if expiry_option in (b"ex", b"px"):
-            ttl = float(number) if seconds else number / 1000
-        else:
-            ttl = ((number * 1000 if seconds else number) - time.time() * 1000) / 1000
+        ttl = _expiry_seconds(expiry_option, expiry_text, b"getex")
+        if isinstance(ttl, bytes):
+            return ttl
         if ttl <= 0:  # an absolute time already past: Redis deletes the key
             db.remove(key)
         else:
@@ -781,14 +775,8 @@ def _rename_generic(state: ServerState, session: Session, argv: list[bytes], nx:
     return _ONE if nx else OK
 
 
-@command("rename", 3, write=True)
-def _rename(state: ServerState, session: Session, argv: list[bytes]) -> bytes:
-    return _rename_generic(state, session, argv, nx=False)
-
-
-@command("renamenx", 3, write=True)
-def _renamenx(state: ServerState, session: Session, argv: list[bytes]) -> bytes:
-    return _rename_generic(state, session, argv, nx=True)
+register(Command("rename", 3, partial(_rename_generic, nx=False), write=True))
+register(Command("renamenx", 3, partial(_rename_generic, nx=True), write=True))
 
 
 @command("del", -2, write=True)
