@@ -342,21 +342,59 @@ def test_batch_remove_check_is_retried_when_a_watched_key_changes(
     assert store._has_watch is True
 
 
-def test_kvs_server_has_no_watch_so_the_check_is_weaker(
+def test_kvs_server_watch_makes_the_remove_check_atomic(
     kvs_server: KvsServerProcess, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    """The documented weaker guarantee: the remove check runs, but a concurrent remove
-    between the check and EXEC goes unnoticed; the batch is still applied as a whole."""
+    """kvs-server has WATCH (and GETRANGE): a remove between the batch's check and its EXEC
+    fails the EXEC, and the retry raises, applying nothing, as on a real Redis."""
     with kvs_server.client() as client:
         client.flushdb()
     store = RedisStore(kvs_server.url)
+    try:
+        store["victim"] = "v"
+        original = RedisStore._plan
+        calls = 0
+
+        def plan_then_interfere(ops: Any, present: dict[bytes, bool]) -> Any:
+            nonlocal calls
+            calls += 1
+            if calls == 1:
+                with kvs_server.client() as other:
+                    other.delete(b"victim")
+            return original(ops, present)
+
+        monkeypatch.setattr(RedisStore, "_plan", staticmethod(plan_then_interfere))
+        batch = WriteBatch()
+        batch.set("new", "1")
+        batch.remove("victim")
+        with pytest.raises(KeyNotFound):
+            store.write(batch)
+        assert calls == 2
+        assert store.get("new") is None
+        assert store._has_watch is True
+        store["kept"] = "1"
+        assert list(store.scan()) == ["kept"]
+        assert store._has_getrange is True
+    finally:
+        store.close()
+
+
+def test_a_server_without_watch_gets_the_weaker_check(
+    kvs_server: KvsServerProcess, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The documented weaker guarantee for a server that has no WATCH (nor GETRANGE): the
+    remove check runs, but a concurrent remove between the check and EXEC goes unnoticed;
+    the batch is still applied as a whole. (Taken here as if kvs-server had neither.)"""
+    with kvs_server.client() as client:
+        client.flushdb()
+    store = RedisStore(kvs_server.url)
+    store._has_watch = store._has_getrange = False
     try:
         store["victim"] = "v"
         batch = WriteBatch()
         batch.remove("absent")
         with pytest.raises(KeyNotFound):  # the check itself works
             store.write(batch)
-        assert store._has_watch is False
 
         original = RedisStore._plan
 
@@ -371,8 +409,7 @@ def test_kvs_server_has_no_watch_so_the_check_is_weaker(
         batch.remove("victim")
         store.write(batch)  # not detected
         assert store.get("new") == "1" and store.get("victim") is None
-        assert list(store.scan()) == ["new"]
-        assert store._has_getrange is False  # scan read whole values instead
+        assert list(store.scan()) == ["new"]  # read whole values instead of GETRANGE
     finally:
         store.close()
 

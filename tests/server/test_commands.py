@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import socket
+import threading
 import time
 from typing import Any
 
@@ -455,6 +456,84 @@ def test_multi_exec(r: redis.Redis) -> None:
     assert result == [True, 11, b"1", [b"1", b"11"], 1, None]
     assert r.get("counter") == b"11"
     assert r.get("a") is None
+
+
+def test_watch_fails_exec_after_another_clients_write(
+    r: redis.Redis, shared_server: ServerProcess, protocol: int
+) -> None:
+    r.set("balance", "100")
+    other = shared_server.client(protocol)
+    try:
+        with r.pipeline() as pipe:
+            pipe.watch("balance")
+            balance = int(pipe.get("balance") or 0)
+            other.set("balance", "0")  # lands between the read and the EXEC
+            pipe.multi()
+            pipe.set("balance", balance - 30)
+            with pytest.raises(redis.WatchError):
+                pipe.execute()
+    finally:
+        other.close()
+    assert r.get("balance") == b"0"
+
+
+def test_watch_gives_redis_py_transactions_no_lost_updates(
+    r: redis.Redis, shared_server: ServerProcess, protocol: int
+) -> None:
+    """redis-py's transaction() helper (WATCH, read, MULTI, write, EXEC, retry on WatchError)
+    from 4 threads at once: every increment is counted exactly once."""
+    threads, rounds = 4, 25
+    errors: list[BaseException] = []
+
+    def increment(pipe: Any) -> None:
+        value = int(pipe.get("counter") or 0)
+        time.sleep(0.001)  # widen the window in which another thread may write
+        pipe.multi()
+        pipe.set("counter", value + 1)
+
+    def worker() -> None:
+        client = shared_server.client(protocol)
+        try:
+            for _ in range(rounds):
+                client.transaction(increment, "counter")
+        finally:
+            client.close()
+
+    def run_worker() -> None:
+        try:
+            worker()
+        except BaseException as error:  # surfaced below, in the test's thread
+            errors.append(error)
+
+    pool = [threading.Thread(target=run_worker) for _ in range(threads)]
+    for thread in pool:
+        thread.start()
+    for thread in pool:
+        thread.join()
+    assert errors == []
+    assert r.get("counter") == str(threads * rounds).encode()
+
+
+def test_watches_end_with_the_connection(inproc: Any) -> None:
+    """A client that disconnects while watching leaves nothing behind, and once nobody
+    watches, the commands run on the store itself again (no signalling layer)."""
+    server = inproc()
+    state = server.server.state
+    client = server.client()
+    try:
+        client.execute_command("WATCH", "a", "b")
+        assert set(state.watchers) == {b"a", b"b"}
+        assert state.store is not state.plain_store
+        client.execute_command("UNWATCH")
+        assert state.watchers == {} and state.store is state.plain_store
+        client.execute_command("WATCH", "a")
+    finally:
+        client.close()
+    deadline = time.monotonic() + 10
+    while state.watchers and time.monotonic() < deadline:
+        time.sleep(0.01)
+    assert state.watchers == {}
+    assert state.store is state.plain_store
 
 
 def test_multi_exec_error_inside_is_per_command(r: redis.Redis) -> None:

@@ -231,6 +231,137 @@ SCRIPTS: dict[str, Script] = {
 }
 
 
+# -- WATCH -----------------------------------------------------------------------------------
+
+GETRANGE_BOUNDS = [
+    ("0", "0"), ("0", "4"), ("0", "-1"), ("-3", "-1"), ("-1", "-3"), ("5", "3"),
+    ("-100", "2"), ("3", "100"), ("100", "200"), ("-100", "-50"), ("-1", "-1"),
+    ("11", "11"), ("12", "12"), ("0", "-100"), ("-5", "100"),
+    ("9223372036854775807", "9223372036854775807"),
+    ("-9223372036854775808", "9223372036854775807"),
+]  # fmt: skip
+SCRIPTS["getrange"] = [
+    ("GETRANGE", "missing", "0", "-1"),
+    ("GETRANGE", "missing", "x", "1"),
+    ("SET", "empty", ""),
+    ("GETRANGE", "empty", "0", "-1"),
+    ("GETRANGE", "empty", "0", "0"),
+    ("SET", "k", "Hello, world"),
+    *[("GETRANGE", "k", start, end) for start, end in GETRANGE_BOUNDS],
+    ("GETRANGE", "k", "1.5", "2"),
+    ("GETRANGE", "k", "0", "9223372036854775808"),
+    ("GETRANGE", "k", "01", "2"),
+    ("GETRANGE", "k", "0"),
+    ("MULTI",),
+    ("SET", "k", "abc"),
+    ("GETRANGE", "k", "1", "-1"),
+    ("EXEC",),
+]
+
+SCRIPTS["watch, one client"] = [
+    ("SET", "k", "1"),
+    ("WATCH", "k"),
+    ("SET", "k", "2"),  # the watcher's own write counts too
+    ("MULTI",),
+    ("SET", "x", "1"),
+    ("EXEC",),
+    ("GET", "x"),
+    ("WATCH", "k"),
+    ("MULTI",),
+    ("SET", "x", "1"),
+    ("EXEC",),  # nothing changed: runs
+    ("WATCH",),
+    ("UNWATCH", "k"),
+    ("MULTI",),
+    ("WATCH", "k"),  # an error that leaves the block as it was
+    ("UNWATCH",),  # queued
+    ("EXEC",),
+    ("WATCH", "k"),
+    ("SET", "k", "3"),
+    ("UNWATCH",),
+    ("MULTI",),
+    ("EXEC",),
+    ("WATCH", "k"),
+    ("SET", "k", "4"),
+    ("DISCARD",),  # without MULTI: an error, the watch stays
+    ("EXEC",),  # without MULTI: an error, the watch stays
+    ("MULTI",),
+    ("EXEC",),
+    ("WATCH", "k"),
+    ("SET", "k", "5"),
+    ("MULTI",),
+    ("DISCARD",),  # ends the watch
+    ("MULTI",),
+    ("EXEC",),
+    ("WATCH", "k", "k", "other"),
+    ("SET", "k", "5"),  # the same value is still a write
+    ("MULTI",),
+    ("EXEC",),
+    ("WATCH", "k"),
+    ("SET", "k", "6"),
+    ("MULTI",),
+    ("NOSUCHCOMMAND",),
+    ("EXEC",),  # EXECABORT, and the watch ends with it
+    ("MULTI",),
+    ("EXEC",),
+]
+
+SCRIPTS["watch, which writes count"] = [
+    ("SET", "k", "1"),
+    ("SET", "ttl", "1", "EX", "100"),
+    # Writes that change nothing do not count:
+    ("WATCH", "k", "missing", "ttl"),
+    ("DEL", "missing"),
+    ("SETNX", "k", "z"),
+    ("SET", "k", "z", "NX"),
+    ("SET", "missing", "z", "XX"),
+    ("EXPIRE", "missing", "10"),
+    ("PERSIST", "k"),
+    ("GETDEL", "missing"),
+    ("MSETNX", "k", "1", "missing", "2"),
+    ("RENAMENX", "k", "ttl"),
+    ("GET", "k"),
+    ("MULTI",),
+    ("EXEC",),
+    # Each of these does:
+    *[
+        step
+        for write in [
+            ("SET", "k", "2"),
+            ("DEL", "k"),
+            ("SETNX", "missing", "1"),
+            ("EXPIRE", "k", "100"),
+            ("PERSIST", "ttl"),
+            ("GETEX", "k", "EX", "50"),
+            ("INCR", "k"),
+            ("APPEND", "k", "x"),
+            ("GETSET", "k", "y"),
+            ("GETDEL", "k"),
+            ("MSET", "a", "1", "k", "2"),
+            ("MSETNX", "missing", "1", "b", "2"),
+            ("RENAME", "ttl", "k"),
+            ("RENAME", "k", "ttl"),
+            ("FLUSHDB",),
+        ]
+        for step in [
+            ("SET", "k", "1"),
+            ("SET", "ttl", "1", "EX", "100"),
+            ("DEL", "missing"),
+            ("WATCH", "k", "missing", "ttl"),
+            write,
+            ("MULTI",),
+            ("EXEC",),
+        ]
+    ],
+    # FLUSHDB counts only for the keys it removed:
+    ("FLUSHDB",),
+    ("WATCH", "k"),
+    ("FLUSHDB",),
+    ("MULTI",),
+    ("EXEC",),
+]
+
+
 @pytest.mark.parametrize("name", sorted(SCRIPTS))
 def test_replies_match_redis(
     name: str, shared_server: ServerProcess, real_redis: RedisServer, protocol: int
@@ -243,6 +374,7 @@ def test_command_info_key_positions_match_redis(
 ) -> None:
     """redis-cli and cluster-aware clients find the keys of a command from COMMAND INFO."""
     names = ["get", "mset", "msetnx", "rename", "renamenx", "touch", "setex", "getex", "time"]
+    names += ["watch", "unwatch", "getrange"]
     ours = shared_server.client(2)
     theirs = real_redis.client(protocol=2)
     try:
@@ -254,3 +386,105 @@ def test_command_info_key_positions_match_redis(
     for name, have, want in zip(names, got, expected, strict=True):
         # name, arity, flags (not compared: Redis lists many more), first key, last key, step
         assert [have[0], have[1], *have[3:6]] == [want[0], want[1], *want[3:6]], name
+
+
+# (client, command...) steps: client 0 and 1 are two connections to the same server.
+TWO_CLIENTS: dict[str, list[tuple[Any, ...]]] = {
+    "another client writes": [
+        (0, "SET", "k", "1"),
+        (0, "WATCH", "k"),
+        (1, "SET", "k", "2"),
+        (0, "MULTI"),
+        (0, "SET", "x", "1"),
+        (0, "EXEC"),
+        (0, "GET", "x"),
+    ],
+    "another client reads or writes other keys": [
+        (0, "SET", "k", "1"),
+        (0, "WATCH", "k"),
+        (1, "GET", "k"),
+        (1, "SET", "other", "2"),
+        (1, "TTL", "k"),
+        (0, "MULTI"),
+        (0, "INCR", "k"),
+        (0, "EXEC"),
+    ],
+    "both watch, the first to EXEC wins": [
+        (0, "WATCH", "k"),
+        (1, "WATCH", "k"),
+        (0, "MULTI"),
+        (0, "SET", "k", "from 0"),
+        (1, "MULTI"),
+        (1, "SET", "k", "from 1"),
+        (0, "EXEC"),
+        (1, "EXEC"),
+        (0, "GET", "k"),
+    ],
+    "a block that began before the WATCH": [
+        (1, "MULTI"),
+        (1, "SET", "k", "from 1"),
+        (0, "WATCH", "k"),
+        (1, "EXEC"),
+        (0, "MULTI"),
+        (0, "SET", "k", "from 0"),
+        (0, "EXEC"),
+        (0, "GET", "k"),
+    ],
+    "a block of another client that changes nothing watched": [
+        (0, "WATCH", "k"),
+        (1, "MULTI"),
+        (1, "SET", "j", "1"),
+        (1, "DEL", "k"),
+        (1, "EXEC"),
+        (0, "MULTI"),
+        (0, "SET", "k", "from 0"),
+        (0, "EXEC"),
+    ],
+    "a watched key expires": [
+        (0, "SET", "k", "1", "PX", "100"),
+        (0, "WATCH", "k"),
+        ("sleep", 0.3),
+        (0, "MULTI"),
+        (0, "SET", "x", "1"),
+        (0, "EXEC"),
+        (0, "SET", "k", "1", "PX", "50"),
+        ("sleep", 0.2),
+        (0, "WATCH", "k"),  # already expired: only a write counts now
+        (0, "MULTI"),
+        (0, "EXEC"),
+        (0, "WATCH", "k"),
+        (1, "SET", "k", "2"),
+        (0, "MULTI"),
+        (0, "EXEC"),
+    ],
+}
+
+
+def _run_two(clients: list[redis.Redis], script: list[tuple[Any, ...]]) -> list[Any]:
+    clients[0].flushdb()
+    replies: list[Any] = []
+    for who, *command in script:
+        if who == "sleep":
+            time.sleep(command[0])
+            continue
+        try:
+            reply = clients[who].execute_command(*command)
+        except redis.ResponseError as error:
+            reply = ("error", type(error).__name__, str(error))
+        replies.append((who, command, _comparable(command[0].upper(), reply)))
+    return replies
+
+
+@pytest.mark.parametrize("name", sorted(TWO_CLIENTS))
+def test_watch_with_two_clients_matches_redis(
+    name: str, shared_server: ServerProcess, real_redis: RedisServer, protocol: int
+) -> None:
+    ours = [shared_server.client(protocol) for _ in range(2)]
+    theirs = [real_redis.client(protocol=protocol, socket_timeout=20, retry=None) for _ in range(2)]
+    try:
+        expected = _run_two(theirs, TWO_CLIENTS[name])
+        got = _run_two(ours, TWO_CLIENTS[name])
+    finally:
+        for client in ours + theirs:
+            client.close()
+    assert got == expected

@@ -30,9 +30,10 @@ Guarantees
 * **Atomicity.** ``write(batch)`` is one ``MULTI``/``EXEC`` transaction: every operation or
   none. Removes of absent keys raise ``KeyNotFound`` and apply nothing: the keys are checked
   under ``WATCH`` and the transaction is retried if one of them changes before ``EXEC``.
-  A server without ``WATCH`` (``kvs-server``) gets the same check, but it is not atomic with
-  the write: a key another client removes between the check and ``EXEC`` is not reported (the
-  batch is still applied as a whole; its remove of that key does nothing).
+  A server without ``WATCH`` (kvs-server before it had one, some proxies) gets the same
+  check, but it is not atomic with the write: a key another client removes between the check
+  and ``EXEC`` is not reported (the batch is still applied as a whole; its remove of that key
+  does nothing).
   On a cluster a transaction can only touch one hash slot, so a batch whose keys span several
   slots raises ``NotSupportedError`` before writing anything: give keys that must change
   together a common ``{hashtag}`` (``{user:1}:name``, ``{user:1}:mail``). ``update`` is a
@@ -67,7 +68,7 @@ How it talks to the server: redis-py keeps the connection pools (one per node) a
 cluster's slot map; this module sends its own command sequences on a pooled connection
 (``WATCH``/``EXISTS``/``MULTI``/``EXEC``/``WAIT`` must share one), reads every reply, and
 retries. ``scan`` reads the tag byte of each key it finds with ``GETRANGE key 0 0`` (the
-whole value on a server without ``GETRANGE``, such as kvs-server), 1000 keys per round trip;
+whole value on a server without ``GETRANGE``), 1000 keys per round trip;
 ``items_with_ttl`` (for ``kvs export``) reads values and TTLs the same way.
 """
 
@@ -267,7 +268,8 @@ class RedisStore(KvStore):
         self._wait_replicas = wait_replicas
         self._closed = False
         self._refresh_lock = threading.Lock()
-        #: Whether the server knows WATCH / GETRANGE (kvs-server does not); None: not asked.
+        #: Whether the server knows WATCH / GETRANGE (not every Redis-protocol server does);
+        #: None: not asked yet.
         self._has_watch: bool | None = None
         self._has_getrange: bool | None = None
 
@@ -739,7 +741,7 @@ class RedisStore(KvStore):
                     if self._has_watch is not False:
                         (reply,) = self._roundtrip(conn, [("WATCH", *strict)])
                         if _is_unknown_command(reply):
-                            self._has_watch = False  # kvs-server: check without WATCH
+                            self._has_watch = False  # check without WATCH
                         else:
                             _raise_first_error([reply])
                             self._has_watch = watching = True

@@ -125,7 +125,7 @@ class _Connection(asyncio.Protocol):
         if self.handshake is not None:
             self.handshake.cancel()
         if self.session is not None:
-            self.server.state.clients.pop(self.session.id, None)
+            self.server.state.end_session(self.session)
         self.server.connections.discard(self)
 
     def pause_writing(self) -> None:

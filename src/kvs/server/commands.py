@@ -3,7 +3,9 @@
 Every command runs to completion on the event loop's thread, one at a time, so each is atomic
 with respect to every other client. A ``MULTI``/``EXEC`` block runs against an overlay of the
 store (``_Transaction``) and is written as one atomic batch: all of its writes or none, also
-across a crash.
+across a crash. ``WATCH`` makes the next ``EXEC`` fail when a watched key changes first: while
+any key is watched, ``state.store`` is a ``_SignallingStore`` that reports every key a write
+changes, as Redis's ``signalModifiedKey`` does.
 
 Replies and error texts are Redis's, so that redis-py maps them to its exception classes and
 redis-cli prints what Redis users expect.
@@ -17,7 +19,7 @@ import re
 import time
 from array import array
 from bisect import bisect_left
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Iterable, Iterator, Mapping
 from dataclasses import dataclass, field
 from functools import partial
 from typing import Final
@@ -27,7 +29,7 @@ from crc32c import crc32c
 from kvs import __version__
 from kvs.errors import KeyNotFound, KvsError, ReadOnlyError
 from kvs.protocol.resp import OK, PONG, QUEUED, RESP2, RESP3, ReplyEncoder
-from kvs.store import KvStore, WriteBatch
+from kvs.store import Key, KvStore, Value, WriteBatch
 
 #: What INFO and HELLO report as ``redis_version``: the Redis command set kvs follows.
 REDIS_COMPAT_VERSION: Final = "7.0.0"
@@ -67,6 +69,14 @@ class ServerState:
     #: The key space as SCAN last listed it (see _scan), shared by every walk in progress.
     scan_snapshot: _ScanSnapshot | None = None
     scan_epoch: int = 0
+    #: WATCHed key -> the sessions watching it, by id.
+    watchers: dict[bytes, dict[int, Session]] = field(default_factory=dict)
+    #: The store as opened; ``store`` is a _SignallingStore over it while keys are watched
+    #: (and this very store otherwise, so that commands pay nothing for WATCH unless it is used).
+    plain_store: KvStore = field(init=False)
+
+    def __post_init__(self) -> None:
+        self.plain_store = self.store
 
     def new_session(self) -> Session:
         session = Session(self.next_client_id, authenticated=self.password is None)
@@ -74,6 +84,49 @@ class ServerState:
         self.connections_received += 1
         self.clients[session.id] = session
         return session
+
+    def end_session(self, session: Session) -> None:
+        """The connection is gone: forget the client and its watches."""
+        self.clients.pop(session.id, None)
+        self.unwatch_all(session)
+
+    def watch(self, session: Session, key: bytes) -> None:
+        if key in session.watching:
+            return
+        # Whether it is there now: a key that was, and is gone at EXEC without a write
+        # having changed it, expired meanwhile (which Redis also counts as a change).
+        session.watching[key] = _present(self.plain_store, key)
+        self.watchers.setdefault(key, {})[session.id] = session
+        if self.store is self.plain_store:
+            self.store = _SignallingStore(self.plain_store, self)
+
+    def unwatch_all(self, session: Session) -> None:
+        for key in session.watching:
+            watching = self.watchers.get(key)
+            if watching is not None:
+                watching.pop(session.id, None)
+                if not watching:
+                    del self.watchers[key]
+        session.watching.clear()
+        session.watch_dirty = False
+        if not self.watchers:
+            self.store = self.plain_store
+
+    def touch(self, key: bytes) -> None:
+        """``key`` was changed: the next EXEC of every client watching it fails."""
+        watching = self.watchers.get(key)
+        if watching:
+            for session in watching.values():
+                session.watch_dirty = True
+
+    def watched_keys_changed(self, session: Session) -> bool:
+        """Whether a key ``session`` watches changed since (a write, or an expiry)."""
+        if session.watch_dirty:
+            return True
+        return any(
+            was_present and not _present(self.plain_store, key)
+            for key, was_present in session.watching.items()
+        )
 
 
 @dataclass
@@ -88,6 +141,9 @@ class Session:
     transaction_failed: bool = False
     closing: bool = False  # QUIT: close once the reply is written
     library: bytes = b""
+    #: WATCHed keys -> whether each was present when watched.
+    watching: dict[bytes, bool] = field(default_factory=dict)
+    watch_dirty: bool = False  # a watched key was written since: the next EXEC fails
 
 
 Handler = Callable[[ServerState, Session, list[bytes]], bytes]
@@ -156,6 +212,7 @@ def execute(state: ServerState, session: Session, argv: list[bytes]) -> bytes:
     if (len(argv) != arity) if arity > 0 else (len(argv) < -arity):
         if cmd.name == "exec":  # Redis's execCommandAbort: the transaction ends here
             session.transaction = None
+            state.unwatch_all(session)
             return _EXEC_ARITY
         if session.transaction is not None:
             session.transaction_failed = True
@@ -547,13 +604,13 @@ _KEYED: Final = {
     "get", "set", "getdel", "mget", "mset", "del", "unlink", "exists", "expire", "pexpire",
     "ttl", "pttl", "persist", "type", "strlen", "append", "incr", "incrby", "decr", "decrby",
     "getset", "setnx", "expireat", "pexpireat", "setex", "psetex", "msetnx", "getex",
-    "rename", "renamenx", "touch",
+    "rename", "renamenx", "touch", "watch", "getrange",
 }  # fmt: skip
 #: COMMAND INFO's (first key, last key, step) where it is not (1, 1, 1), as Redis reports it.
 _KEY_RANGES: Final = {
     "mget": (1, -1, 1), "del": (1, -1, 1), "unlink": (1, -1, 1), "exists": (1, -1, 1),
     "touch": (1, -1, 1), "mset": (1, -1, 2), "msetnx": (1, -1, 2), "rename": (1, 2, 1),
-    "renamenx": (1, 2, 1),
+    "renamenx": (1, 2, 1), "watch": (1, -1, 1),
 }  # fmt: skip
 
 
@@ -821,6 +878,22 @@ def _type(state: ServerState, session: Session, argv: list[bytes]) -> bytes:
 def _strlen(state: ServerState, session: Session, argv: list[bytes]) -> bytes:
     value = _get_bytes(_db(session, state), argv[1])
     return session.encoder.integer(0 if value is None else len(value))
+
+
+@command("getrange", 4)
+def _getrange(state: ServerState, session: Session, argv: list[bytes]) -> bytes:
+    # Redis's getrangeCommand: inclusive bounds, negative ones count from the end, then both
+    # are clamped into the value; an absent key reads as the empty string.
+    start, end = _parse_int(argv[2]), _parse_int(argv[3])
+    if start is None or end is None:
+        return _WRONG_INT
+    value = _get_bytes(_db(session, state), argv[1]) or b""
+    size = len(value)
+    if start < 0 and end < 0 and start > end:
+        return session.encoder.bulk(b"")
+    start = max(0, start + size if start < 0 else start)
+    end = min(size - 1, max(0, end + size if end < 0 else end))
+    return session.encoder.bulk(value[start : end + 1] if start <= end else b"")
 
 
 @command("append", 3, write=True)
@@ -1266,6 +1339,97 @@ class _Transaction:
             self.store.write(batch)
 
 
+class _SignallingStore(KvStore):
+    """``state.store`` while any key is watched: the store, plus a ``state.touch`` for every
+    key a write changes. A write that changes nothing (removing an absent key, the expiry
+    of an absent key) touches nothing, as in Redis; a set touches its key even when the
+    value stays the same, as in Redis."""
+
+    def __init__(self, store: KvStore, state: ServerState) -> None:
+        self._store = store
+        self._state = state
+
+    def set(self, key: Key, value: Value, ttl: float | None = None) -> None:
+        self._store.set(key, value, ttl)
+        self._state.touch(_raw(key))
+
+    def get(self, key: Key) -> Value | None:
+        return self._store.get(key)
+
+    def remove(self, key: Key) -> None:
+        self._store.remove(key)
+        self._state.touch(_raw(key))
+
+    def ttl(self, key: Key) -> float | None:
+        return self._store.ttl(key)
+
+    def expire(self, key: Key, ttl: float | None) -> bool:
+        changed = self._store.expire(key, ttl)
+        if changed:
+            self._state.touch(_raw(key))
+        return changed
+
+    def write(self, batch: WriteBatch) -> None:
+        watched = self._state.watchers
+        changed = [
+            raw
+            for op, key, _, _, _ in batch.ops
+            if (raw := _raw(key)) in watched and (op == "set" or _present(self._store, raw))
+        ]
+        self._store.write(batch)
+        for key in changed:
+            self._state.touch(key)
+
+    def update(self, items: Mapping[Key, Value] | Iterable[tuple[Key, Value]]) -> None:
+        pairs = list(items.items() if isinstance(items, Mapping) else items)
+        self._store.update(pairs)
+        for key, _ in pairs:
+            self._state.touch(_raw(key))
+
+    def clear(self) -> None:
+        present = [key for key in self._state.watchers if _present(self._store, key)]
+        self._store.clear()
+        for key in present:
+            self._state.touch(key)
+
+    def scan(self, prefix: Key = b"") -> Iterator[Key]:
+        return self._store.scan(prefix)
+
+    def __len__(self) -> int:
+        return len(self._store)
+
+    def sync(self) -> None:
+        self._store.sync()
+
+    def compact(self) -> None:
+        self._store.compact()
+
+    def close(self) -> None:
+        self._store.close()
+
+    def stats(self) -> dict[str, int | float | str]:
+        return self._store.stats()
+
+
+def _raw(key: Key) -> bytes:
+    return key if isinstance(key, bytes) else key.encode()
+
+
+@command("watch", -2, queue=False)
+def _watch(state: ServerState, session: Session, argv: list[bytes]) -> bytes:
+    if session.transaction is not None:  # an error that leaves the block as it was
+        return b"-ERR WATCH inside MULTI is not allowed\r\n"
+    for key in argv[1:]:
+        state.watch(session, key)
+    return OK
+
+
+@command("unwatch", 1)
+def _unwatch(state: ServerState, session: Session, argv: list[bytes]) -> bytes:
+    state.unwatch_all(session)
+    return OK
+
+
 @command("multi", 1, queue=False)
 def _multi(state: ServerState, session: Session, argv: list[bytes]) -> bytes:
     if session.transaction is not None:
@@ -1280,6 +1444,7 @@ def _discard(state: ServerState, session: Session, argv: list[bytes]) -> bytes:
     if session.transaction is None:
         return b"-ERR DISCARD without MULTI\r\n"
     session.transaction = None
+    state.unwatch_all(session)
     return OK
 
 
@@ -1289,10 +1454,16 @@ def _exec(state: ServerState, session: Session, argv: list[bytes]) -> bytes:
     if tx is None:
         return b"-ERR EXEC without MULTI\r\n"
     session.transaction = None
+    changed = state.watched_keys_changed(session)
+    state.unwatch_all(session)
     if session.transaction_failed:
         return b"-EXECABORT Transaction discarded because of previous errors.\r\n"
+    if changed:
+        return session.encoder.null_array
     # Run the queued commands against the overlay (every handler reads and writes through
-    # _db(), so they see each other's writes), then write everything as one batch.
+    # _db(), so they see each other's writes), then write everything as one batch, through
+    # the store as it is now (it signals watched keys if anyone watches since MULTI).
+    tx.store = state.store
     session.transaction = tx
     try:
         replies = [_run(cmd, state, session, queued) for cmd, queued in tx.queued]
