@@ -177,3 +177,36 @@ def test_a_failed_group_commit_fsync_turns_write_replies_into_errors(tmp_path: P
             assert reader_out.writes == [b"$1\r\nv\r\n"] and not reader_out.closed
 
     asyncio.run(scenario())
+
+
+def test_a_set_in_a_pipelines_fast_lane_waits_for_the_group_commit(tmp_path: Path) -> None:
+    """A GET, then SETs, in one read: the GET goes through execute() (not a write), the SETs
+    through the fast lane (commands.run_plain), which must still make the turn's replies
+    wait for the fsync; when it fails, the client is told, not sent +OK."""
+
+    async def scenario() -> None:
+        async with serving(tmp_path, sync="always") as server:
+            store = server.state.store
+            real_sync = store.sync
+            synced: list[bool] = []
+
+            def failing_sync() -> None:
+                synced.append(True)
+                raise OSError(5, "Input/output error (injected)")
+
+            store.sync = failing_sync  # type: ignore[method-assign]
+            connection, out = _connect(server)
+            set_k = b"*3\r\n$3\r\nSET\r\n$1\r\nk\r\n$1\r\nv\r\n"
+            connection.data_received(b"*2\r\n$3\r\nGET\r\n$1\r\nk\r\n" + set_k * 3)
+            await asyncio.sleep(0)
+            store.sync = real_sync  # type: ignore[method-assign]
+            assert synced == [True]
+            assert b"+OK" not in b"".join(out.writes)
+            assert out.writes[-1].startswith(b"-ERR fsync failed") and out.closed
+
+            connection, out = _connect(server)  # and with a working fsync, every reply
+            connection.data_received(b"*2\r\n$3\r\nGET\r\n$1\r\nk\r\n" + set_k * 3)
+            await asyncio.sleep(0)
+            assert out.writes == [b"$1\r\nv\r\n" + b"+OK\r\n" * 3]
+
+    asyncio.run(scenario())

@@ -323,6 +323,13 @@ class RespParser:
         self._bulk_lines = _BULK_LINES[: self._bulk_limit + 1]
 
     @property
+    def ready(self) -> list[list[bytes]]:
+        """The requests parsed ahead and not returned yet, *last first*: a caller may take
+        them in order by popping from the end, as ``next_command`` does (the server runs a
+        pipeline's plain GETs and SETs that way, without a call per request)."""
+        return self._ready
+
+    @property
     def buffered_bytes(self) -> int:
         """Bytes held: unparsed input, the arguments read of an unfinished command, and the
         requests parsed ahead but not returned yet (counted as the bytes they came from)."""

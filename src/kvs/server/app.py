@@ -13,6 +13,8 @@ adds what a socket needs and the pure layers do not know about:
   holds back the replies of every connection served in one turn of the event loop, makes one
   ``fsync`` for all of them, then sends them, replies to reads of that turn included
   (Redis's ``appendfsync always`` does the same, in ``beforeSleep``).
+* **Pipelines**: after a read's first command, the plain ``GET``/``SET`` requests the parser
+  read ahead run in ``commands.run_plain``, without a dispatch per request.
 * **Back-pressure**: when a connection's unsent replies pass the transport's high-water mark,
   the server stops reading from it, so a client that sends and never reads cannot make the
   server buffer without bound (what it holds for such a client is about the high-water mark
@@ -39,7 +41,7 @@ from dataclasses import dataclass
 from typing import Any, cast
 
 from kvs.protocol.resp import ProtocolError, RespParser
-from kvs.server.commands import ServerState, Session, Shutdown, execute, lookup
+from kvs.server.commands import ServerState, Session, Shutdown, execute, lookup, run_plain
 from kvs.store import KvStore
 
 log = logging.getLogger("kvs.server")
@@ -211,6 +213,15 @@ class _Connection(asyncio.Protocol):
                     unauthenticated = False
                 if session.closing:
                     break
+                if parser.ready and session.authenticated and session.transaction is None:
+                    # The rest of a pipeline read at once: its plain GETs and SETs without a
+                    # dispatch per request (bench/ab_server.py, -P 16: 9-11% less CPU per
+                    # request, 6-11% more requests/s).
+                    added, ran_set = run_plain(
+                        state, session, parser.ready, replies, _REPLY_CHUNK - size
+                    )
+                    size += added
+                    wrote = wrote or ran_set
         except ProtocolError as error:
             replies.append(error.reply)
             session.closing = True
