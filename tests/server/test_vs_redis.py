@@ -18,6 +18,8 @@ from typing import Any
 
 import pytest
 import redis
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from kvs.localservers import RedisServer, free_port
 
@@ -38,6 +40,13 @@ def real_redis() -> Iterator[RedisServer]:
     finally:
         server.stop()
         shutil.rmtree(root, ignore_errors=True)
+
+
+def _raw(client: redis.Redis) -> redis.Redis:
+    """``client`` with INCRBYFLOAT's reply left as the server's bytes (redis-py makes it a
+    float, which hides the very digits being compared)."""
+    client.response_callbacks.pop("INCRBYFLOAT", None)
+    return client
 
 
 def _run(client: redis.Redis, script: Script) -> list[Any]:
@@ -67,8 +76,8 @@ def _comparable(name: str, reply: Any) -> Any:
 
 
 def _compare(kvs: ServerProcess, real: RedisServer, protocol: int, script: Script) -> None:
-    ours = kvs.client(protocol)
-    theirs = real.client(protocol=protocol, socket_timeout=20, retry=None)
+    ours = _raw(kvs.client(protocol))
+    theirs = _raw(real.client(protocol=protocol, socket_timeout=20, retry=None))
     try:
         expected = _run(theirs, script)
         got = _run(ours, script)
@@ -258,6 +267,93 @@ SCRIPTS["getrange"] = [
     ("EXEC",),
 ]
 
+# Increments whose sums show every rounding of Redis's long double arithmetic.
+FLOAT_INCREMENTS = [
+    "0.1", "0.2", "10.5", "-0.3", "1e-17", "5.0e3", "2.0e2", "3", "-3", "1e308", "1e308",
+    "-2e308", "0.000000000000000001", "1.5", "123456789.123456789", "-123456789.123456789",
+    "0x1p-3", "0X10", "+7", ".5", "5.", "1e4000", "-1e4000", "1e-4940", "-0", "1e18",
+    "9007199254740993", "0.30000000000000004", "3.0000000000000000001", "1e-20",
+]  # fmt: skip
+FLOAT_SUMS = [
+    ("10", "0.1"), ("0.1", "0.2"), ("1.1", "2.2"), ("3.3", "-3.3"), ("1e-10", "1e-10"),
+    ("-0.0000000000000000001", "0"), ("2.675", "0"), ("0x1.fffffffffffffffep16383", "1"),
+    ("1", "1e-18"), ("1", "5e-18"), ("0.000000000000000005", "0"),
+    ("0.000000000000000015", "0"), ("0.000000000000000025", "0"),
+]  # fmt: skip
+NOT_FLOATS = [
+    "", " 1", "1 ", "abc", "nan", "NaN", "inf", "-inf", "Infinity", "1e", "--1", "0x", ".",
+    "1e5000", "1e-5000", "1.2.3", "1,5", "\u0661",
+]  # fmt: skip
+SCRIPTS["incrbyfloat"] = [
+    ("INCRBYFLOAT", "f", "10.5"),
+    *[("INCRBYFLOAT", "f", increment) for increment in FLOAT_INCREMENTS],
+    ("GET", "f"),
+    *[
+        step
+        for start, increment in FLOAT_SUMS
+        for step in [("SET", "g", start), ("INCRBYFLOAT", "g", increment)]
+    ],
+    *[("INCRBYFLOAT", "f", bad) for bad in NOT_FLOATS],
+    ("SET", "text", "hello"),
+    ("INCRBYFLOAT", "text", "1"),
+    ("SET", "inf", "inf"),
+    ("INCRBYFLOAT", "inf", "1"),
+    ("SET", "n", "1\x00junk"),
+    ("INCRBYFLOAT", "n", "1"),
+    ("SET", "t", "1", "EX", "100"),
+    ("INCRBYFLOAT", "t", "0.5"),
+    ("TTL", "t"),
+    ("INCRBYFLOAT", "f"),
+    ("MULTI",),
+    ("INCRBYFLOAT", "m", "1.5"),
+    ("INCRBYFLOAT", "m", "x"),
+    ("GET", "m"),
+    ("EXEC",),
+]
+SCRIPTS["setrange, substr and copy"] = [
+    ("SETRANGE", "s", "0", "hello"),
+    ("SETRANGE", "s", "6", "world"),
+    ("GET", "s"),
+    ("SETRANGE", "s", "0", "J"),
+    ("SETRANGE", "s", "3", ""),
+    ("SETRANGE", "missing", "5", ""),
+    ("EXISTS", "missing"),
+    ("SETRANGE", "s", "-1", "x"),
+    ("SETRANGE", "s", "x", "x"),
+    ("SETRANGE", "s", "536870911", "xy"),
+    ("SETRANGE", "s", "9223372036854775807", "xy"),
+    ("SETRANGE", "pad", "3", "a"),
+    ("GET", "pad"),
+    ("SET", "t", "abc", "EX", "100"),
+    ("SETRANGE", "t", "1", "ZZZ"),
+    ("GET", "t"),
+    ("TTL", "t"),
+    ("SUBSTR", "s", "0", "4"),
+    ("SUBSTR", "s", "-5", "-1"),
+    ("SUBSTR", "missing", "0", "1"),
+    ("SUBSTR", "s", "0"),
+    ("COPY", "s", "c"),
+    ("GET", "c"),
+    ("COPY", "s", "c"),
+    ("COPY", "t", "c", "REPLACE"),
+    ("GET", "c"),
+    ("TTL", "c"),
+    ("COPY", "missing", "c", "REPLACE"),
+    ("COPY", "s", "s"),
+    ("COPY", "s", "d", "DB", "0"),
+    ("COPY", "s", "d", "DB", "x"),
+    ("COPY", "s", "d", "DB", "-1"),
+    ("COPY", "s", "d", "DB", "99"),
+    ("COPY", "s", "d", "DB"),
+    ("COPY", "s", "d", "bogus"),
+    ("COPY", "s"),
+    ("MULTI",),
+    ("SETRANGE", "u", "2", "x"),
+    ("COPY", "u", "v"),
+    ("SUBSTR", "v", "0", "-1"),
+    ("EXEC",),
+]
+
 SCRIPTS["watch, one client"] = [
     ("SET", "k", "1"),
     ("WATCH", "k"),
@@ -374,7 +470,7 @@ def test_command_info_key_positions_match_redis(
 ) -> None:
     """redis-cli and cluster-aware clients find the keys of a command from COMMAND INFO."""
     names = ["get", "mset", "msetnx", "rename", "renamenx", "touch", "setex", "getex", "time"]
-    names += ["watch", "unwatch", "getrange"]
+    names += ["watch", "unwatch", "getrange", "substr", "setrange", "incrbyfloat", "copy"]
     ours = shared_server.client(2)
     theirs = real_redis.client(protocol=2)
     try:
@@ -488,3 +584,27 @@ def test_watch_with_two_clients_matches_redis(
         for client in ours + theirs:
             client.close()
     assert got == expected
+
+
+_float_text = st.builds(
+    lambda sign, whole, fraction, exponent: f"{sign}{whole}{fraction}{exponent}",
+    st.sampled_from(["", "-", "+"]),
+    st.integers(0, 10**25).map(str) | st.just(""),
+    st.integers(0, 10**25).map(lambda n: f".{n:0{len(str(n)) + 2}d}") | st.just(""),
+    st.integers(-330, 330).map(lambda e: f"e{e}") | st.just(""),
+)
+
+
+@settings(max_examples=300, deadline=None)
+@given(start=_float_text, increment=_float_text)
+def test_incrbyfloat_rounds_as_redis_does(
+    start: str, increment: str, shared_server: ServerProcess, real_redis: RedisServer
+) -> None:
+    """Redis adds in C's long double and prints with %.17Lf (kvs.server.longdouble): any
+    two decimal numbers give the same reply, digit for digit, or the same error."""
+    _compare(
+        shared_server,
+        real_redis,
+        2,
+        [("SET", "f", start), ("INCRBYFLOAT", "f", increment), ("GET", "f")],
+    )

@@ -29,6 +29,7 @@ from crc32c import crc32c
 from kvs import __version__
 from kvs.errors import KeyNotFound, KvsError, ReadOnlyError
 from kvs.protocol.resp import OK, PONG, QUEUED, RESP2, RESP3, ReplyEncoder
+from kvs.server import longdouble
 from kvs.store import Key, KvStore, Value, WriteBatch
 
 #: What INFO and HELLO report as ``redis_version``: the Redis command set kvs follows.
@@ -649,13 +650,14 @@ _KEYED: Final = {
     "get", "set", "getdel", "mget", "mset", "del", "unlink", "exists", "expire", "pexpire",
     "ttl", "pttl", "persist", "type", "strlen", "append", "incr", "incrby", "decr", "decrby",
     "getset", "setnx", "expireat", "pexpireat", "setex", "psetex", "msetnx", "getex",
-    "rename", "renamenx", "touch", "watch", "getrange",
+    "rename", "renamenx", "touch", "watch", "getrange", "substr", "setrange", "incrbyfloat",
+    "copy",
 }  # fmt: skip
 #: COMMAND INFO's (first key, last key, step) where it is not (1, 1, 1), as Redis reports it.
 _KEY_RANGES: Final = {
     "mget": (1, -1, 1), "del": (1, -1, 1), "unlink": (1, -1, 1), "exists": (1, -1, 1),
     "touch": (1, -1, 1), "mset": (1, -1, 2), "msetnx": (1, -1, 2), "rename": (1, 2, 1),
-    "renamenx": (1, 2, 1), "watch": (1, -1, 1),
+    "renamenx": (1, 2, 1), "watch": (1, -1, 1), "copy": (1, 2, 1),
 }  # fmt: skip
 
 
@@ -881,6 +883,37 @@ register(Command("rename", 3, partial(_rename_generic, nx=False), write=True))
 register(Command("renamenx", 3, partial(_rename_generic, nx=True), write=True))
 
 
+@command("copy", -3, write=True)
+def _copy(state: ServerState, session: Session, argv: list[bytes]) -> bytes:
+    # Redis's copyCommand, with one database: the options first, then the keys.
+    replace = False
+    i = 3
+    while i < len(argv):
+        option = argv[i].lower()
+        if option == b"replace":
+            replace = True
+            i += 1
+        elif option == b"db" and i + 1 < len(argv):
+            index = _parse_int(argv[i + 1])
+            if index is None or not -(2**31) <= index < 2**31:
+                return _WRONG_INT
+            if index != 0:
+                return b"-ERR DB index is out of range\r\n"
+            i += 2
+        else:
+            return _SYNTAX
+    db, source, target = _db(session, state), argv[1], argv[2]
+    if source == target:
+        return b"-ERR source and destination objects are the same\r\n"
+    value = _get_bytes(db, source)
+    if value is None:
+        return _ZERO
+    if not replace and _get_bytes(db, target) is not None:
+        return _ZERO
+    db.set(target, value, ttl=_remaining_ttl(db, source))
+    return _ONE
+
+
 @command("del", -2, write=True)
 def _del(state: ServerState, session: Session, argv: list[bytes]) -> bytes:
     db, enc = _db(session, state), session.encoder
@@ -939,6 +972,57 @@ def _getrange(state: ServerState, session: Session, argv: list[bytes]) -> bytes:
     start = max(0, start + size if start < 0 else start)
     end = min(size - 1, max(0, end + size if end < 0 else end))
     return session.encoder.bulk(value[start : end + 1] if start <= end else b"")
+
+
+register(Command("substr", 4, _getrange))  # GETRANGE's old name, kept by Redis 7
+
+
+@command("setrange", 4, write=True)
+def _setrange(state: ServerState, session: Session, argv: list[bytes]) -> bytes:
+    # Redis's setrangeCommand: the value is zero-padded up to the offset; the time to live
+    # stays; an empty piece changes nothing (and creates no key).
+    offset = _parse_int(argv[2])
+    if offset is None:
+        return _WRONG_INT
+    if offset < 0:
+        return b"-ERR offset is out of range\r\n"
+    db, enc, key, piece = _db(session, state), session.encoder, argv[1], argv[3]
+    old = _get_bytes(db, key)
+    if not piece:
+        return enc.integer(0 if old is None else len(old))
+    if offset + len(piece) > state.max_bulk_len:
+        return b"-ERR string exceeds maximum allowed size (proto-max-bulk-len)\r\n"
+    value = old or b""
+    if len(value) < offset:
+        value += bytes(offset - len(value))
+    value = value[:offset] + piece + value[offset + len(piece) :]
+    db.set(key, value, ttl=_remaining_ttl(db, key) if old is not None else None)
+    return enc.integer(len(value))
+
+
+@command("incrbyfloat", 3, write=True)
+def _incrbyfloat(state: ServerState, session: Session, argv: list[bytes]) -> bytes:
+    # Parsed, added and written as Redis does, in C's long double (see longdouble).
+    db, key = _db(session, state), argv[1]
+    old = _get_bytes(db, key)
+    current = longdouble.parse(old) if old is not None else longdouble.parse(b"0")
+    increment = longdouble.parse(argv[2])
+    if current is None or increment is None:
+        return b"-ERR value is not a valid float\r\n"
+    total = longdouble.add_and_format(current, increment)
+    if total is None:
+        return b"-ERR increment would produce NaN or Infinity\r\n"
+    db.set(key, total, ttl=_remaining_ttl(db, key) if old is not None else None)
+    return session.encoder.bulk(total)
+
+
+def _remaining_ttl(db: KvStore | _Transaction, key: bytes) -> float | None:
+    """The seconds ``key`` has left (None: no expiry, or gone meanwhile), for a write that
+    keeps the time to live, as Redis's in-place changes do."""
+    try:
+        return db.ttl(key)
+    except KeyNotFound:
+        return None
 
 
 @command("append", 3, write=True)
