@@ -11,7 +11,7 @@ from __future__ import annotations
 import io
 import threading
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -313,12 +313,11 @@ def redis_store(redis_server: RedisServer) -> Iterator[RedisStore]:
         store.close()
 
 
-def test_batch_remove_check_is_retried_when_a_watched_key_changes(
-    redis_store: RedisStore, redis_server: RedisServer, monkeypatch: pytest.MonkeyPatch
+def _check_catches_a_remove_before_exec(
+    store: RedisStore, other_client: Callable[[], Any], monkeypatch: pytest.MonkeyPatch
 ) -> None:
     """Another client removes a key after the batch checked it but before EXEC: WATCH makes
     the EXEC fail, the retry sees the key gone, and the batch raises, applying nothing."""
-    store = redis_store
     store["victim"] = "v"
     original = RedisStore._plan
     calls = 0
@@ -327,7 +326,7 @@ def test_batch_remove_check_is_retried_when_a_watched_key_changes(
         nonlocal calls
         calls += 1
         if calls == 1:
-            with redis_server.client() as other:
+            with other_client() as other:
                 other.delete(b"victim")
         return original(ops, present)
 
@@ -342,36 +341,21 @@ def test_batch_remove_check_is_retried_when_a_watched_key_changes(
     assert store._has_watch is True
 
 
+def test_batch_remove_check_is_retried_when_a_watched_key_changes(
+    redis_store: RedisStore, redis_server: RedisServer, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    _check_catches_a_remove_before_exec(redis_store, redis_server.client, monkeypatch)
+
+
 def test_kvs_server_watch_makes_the_remove_check_atomic(
     kvs_server: KvsServerProcess, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    """kvs-server has WATCH (and GETRANGE): a remove between the batch's check and its EXEC
-    fails the EXEC, and the retry raises, applying nothing, as on a real Redis."""
+    """kvs-server has WATCH (and GETRANGE): the same as on a real Redis."""
     with kvs_server.client() as client:
         client.flushdb()
     store = RedisStore(kvs_server.url)
     try:
-        store["victim"] = "v"
-        original = RedisStore._plan
-        calls = 0
-
-        def plan_then_interfere(ops: Any, present: dict[bytes, bool]) -> Any:
-            nonlocal calls
-            calls += 1
-            if calls == 1:
-                with kvs_server.client() as other:
-                    other.delete(b"victim")
-            return original(ops, present)
-
-        monkeypatch.setattr(RedisStore, "_plan", staticmethod(plan_then_interfere))
-        batch = WriteBatch()
-        batch.set("new", "1")
-        batch.remove("victim")
-        with pytest.raises(KeyNotFound):
-            store.write(batch)
-        assert calls == 2
-        assert store.get("new") is None
-        assert store._has_watch is True
+        _check_catches_a_remove_before_exec(store, kvs_server.client, monkeypatch)
         store["kept"] = "1"
         assert list(store.scan()) == ["kept"]
         assert store._has_getrange is True

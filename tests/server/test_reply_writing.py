@@ -13,7 +13,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -76,6 +76,24 @@ def _connect(server: KvsServer) -> tuple[_Connection, RecordingTransport]:
     transport = RecordingTransport(connection)
     connection.connection_made(transport)  # type: ignore[arg-type]
     return connection, transport
+
+
+@contextlib.contextmanager
+def failing_fsync(server: KvsServer) -> Iterator[list[bool]]:
+    """Every store.sync() fails with EIO meanwhile; yields the list of the calls made."""
+    store = server.state.store
+    real_sync = store.sync
+    synced: list[bool] = []
+
+    def failing_sync() -> None:
+        synced.append(True)
+        raise OSError(5, "Input/output error (injected)")
+
+    store.sync = failing_sync  # type: ignore[method-assign]
+    try:
+        yield synced
+    finally:
+        store.sync = real_sync  # type: ignore[method-assign]
 
 
 def test_replies_are_written_together_after_the_reads_of_one_loop_turn(tmp_path: Path) -> None:
@@ -154,22 +172,13 @@ def test_a_failed_group_commit_fsync_turns_write_replies_into_errors(tmp_path: P
 
     async def scenario() -> None:
         async with serving(tmp_path, sync="always") as server:
-            store = server.state.store
-            real_sync = store.sync
-            synced: list[bool] = []
-
-            def failing_sync() -> None:
-                synced.append(True)
-                raise OSError(5, "Input/output error (injected)")
-
-            store.sync = failing_sync  # type: ignore[method-assign]
-            writer, writer_out = _connect(server)
-            reader, reader_out = _connect(server)
-            writer.data_received(b"PING\r\n")
-            writer.data_received(b"*3\r\n$3\r\nSET\r\n$1\r\nk\r\n$1\r\nv\r\nPING\r\n")
-            reader.data_received(b"*2\r\n$3\r\nGET\r\n$1\r\nk\r\n")
-            await asyncio.sleep(0)
-            store.sync = real_sync  # type: ignore[method-assign]
+            with failing_fsync(server) as synced:
+                writer, writer_out = _connect(server)
+                reader, reader_out = _connect(server)
+                writer.data_received(b"PING\r\n")
+                writer.data_received(b"*3\r\n$3\r\nSET\r\n$1\r\nk\r\n$1\r\nv\r\nPING\r\n")
+                reader.data_received(b"*2\r\n$3\r\nGET\r\n$1\r\nk\r\n")
+                await asyncio.sleep(0)
             assert synced == [True]
             failed = b"-ERR fsync failed: the write is not durable; see the server log\r\n"
             assert writer_out.writes == [b"+PONG\r\n" + failed]
@@ -186,20 +195,11 @@ def test_a_set_in_a_pipelines_fast_lane_waits_for_the_group_commit(tmp_path: Pat
 
     async def scenario() -> None:
         async with serving(tmp_path, sync="always") as server:
-            store = server.state.store
-            real_sync = store.sync
-            synced: list[bool] = []
-
-            def failing_sync() -> None:
-                synced.append(True)
-                raise OSError(5, "Input/output error (injected)")
-
-            store.sync = failing_sync  # type: ignore[method-assign]
-            connection, out = _connect(server)
             set_k = b"*3\r\n$3\r\nSET\r\n$1\r\nk\r\n$1\r\nv\r\n"
-            connection.data_received(b"*2\r\n$3\r\nGET\r\n$1\r\nk\r\n" + set_k * 3)
-            await asyncio.sleep(0)
-            store.sync = real_sync  # type: ignore[method-assign]
+            with failing_fsync(server) as synced:
+                connection, out = _connect(server)
+                connection.data_received(b"*2\r\n$3\r\nGET\r\n$1\r\nk\r\n" + set_k * 3)
+                await asyncio.sleep(0)
             assert synced == [True]
             assert b"+OK" not in b"".join(out.writes)
             assert out.writes[-1].startswith(b"-ERR fsync failed") and out.closed
