@@ -730,10 +730,7 @@ def _set(state: ServerState, session: Session, argv: list[bytes]) -> bytes:
             db.remove(key)
         return enc.bulk(old) if get else OK
     if keepttl:
-        try:
-            ttl = db.ttl(key)
-        except KeyNotFound:
-            ttl = None
+        ttl = _remaining_ttl(db, key)
     db.set(key, value, ttl=ttl)
     return enc.bulk(old) if get else OK
 
@@ -1030,12 +1027,8 @@ def _append(state: ServerState, session: Session, argv: list[bytes]) -> bytes:
     db, enc = _db(session, state), session.encoder
     key = argv[1]
     old = _get_bytes(db, key)
-    try:
-        ttl = db.ttl(key) if old is not None else None
-    except KeyNotFound:
-        ttl = None
     value = (old or b"") + argv[2]
-    db.set(key, value, ttl=ttl)
+    db.set(key, value, ttl=_remaining_ttl(db, key) if old is not None else None)
     return enc.integer(len(value))
 
 
@@ -1047,11 +1040,7 @@ def _incr_by(db: KvStore | _Transaction, enc: ReplyEncoder, key: bytes, delta: i
     value = current + delta
     if not _INT64_MIN <= value <= _INT64_MAX:
         return b"-ERR increment or decrement would overflow\r\n"
-    try:
-        ttl = db.ttl(key) if old is not None else None
-    except KeyNotFound:
-        ttl = None
-    db.set(key, b"%d" % value, ttl=ttl)
+    db.set(key, b"%d" % value, ttl=_remaining_ttl(db, key) if old is not None else None)
     return enc.integer(value)
 
 

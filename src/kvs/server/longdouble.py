@@ -106,7 +106,7 @@ def _exponent(text: bytes | None) -> int:
     if not text:
         return 0
     digits = text.lstrip(b"+-").lstrip(b"0")
-    value = int(digits[:10] or b"0") if len(digits) <= 9 else 10**9
+    value = int(digits or b"0") if len(digits) <= 9 else 10**9
     return -value if text[:1] == b"-" else value
 
 
