@@ -215,6 +215,110 @@ def test_interleaved_feeds_and_pulls(ops: list[bytes | None], max_buffer: int) -
         assert parser.buffered_bytes <= max_buffer
 
 
+# --- feed_single_request: one whole request, taken without the buffer ------------------------
+
+
+def drain(parser: RespParser, chunks: list[bytes]) -> Outcome:
+    """Feed the chunks to ``parser``, pulling commands after each (``parse`` on a given parser)."""
+    commands: list[Command] = []
+    try:
+        for chunk in chunks:
+            parser.feed(chunk)
+            while (command := parser.next_command()) is not None:
+                commands.append(command)
+    except ProtocolError as error:
+        return commands, str(error)
+    return commands, None
+
+
+one_command = st.lists(st.binary(max_size=30), min_size=1, max_size=6)
+
+
+@st.composite
+def near_single_requests(draw: st.DrawFn) -> bytes:
+    """One encoded request, then one of its lines retold (a length or count off by one, with a
+    sign or a leading zero) or bytes added after it: what a shortcut would most easily get
+    wrong."""
+    lines = encode_command(draw(st.lists(st.binary(max_size=8), min_size=1, max_size=3)))
+    lines = lines.split(b"\r\n")
+    framing = [i for i, line in enumerate(lines) if line[:1] in b"*$" and line[1:].isdigit()]
+    if draw(st.booleans()):
+        at = draw(st.sampled_from(framing))
+        number = int(lines[at][1:]) + draw(st.sampled_from([-1, 1]))
+        fmt = draw(st.sampled_from([b"%d", b"+%d", b"0%d", b"%d "]))
+        lines[at] = lines[at][:1] + fmt % number
+    else:
+        lines[-1] = draw(st.binary(min_size=1, max_size=6))
+    return b"\r\n".join(lines)
+
+
+def check_single(before: bytes, data: bytes, **options: Any) -> None:
+    """After ``before`` (complete, partial, or an error), ``feed_single_request(data)``
+    either takes ``data`` as exactly the one request that feeding it would give, leaving
+    nothing else behind, or changes nothing: feeding ``data`` then gives what it gives to a
+    parser that never saw the call."""
+    fast, slow = RespParser(**options), RespParser(**options)
+    assert drain(fast, [before]) == drain(slow, [before])
+    taken = fast.feed_single_request(data)
+    expected = drain(slow, [data])
+    if taken is None:
+        assert drain(fast, [data]) == expected
+    else:
+        assert expected == ([taken], None)
+        assert slow.buffered_bytes == 0
+        assert fast.buffered_bytes == len(data)  # counted against max_buffer while held
+        assert fast.next_command() == taken
+        assert fast.next_command() is None
+    assert fast.buffered_bytes == slow.buffered_bytes
+
+
+@FUZZ
+@given(
+    before=st.one_of(st.just(b""), one_command.map(encode_command), protocolish, mutated_streams()),
+    data=st.one_of(
+        one_command.map(encode_command),
+        near_single_requests(),
+        protocolish,
+        mutated_streams(),
+        st.binary(max_size=100),
+    ),
+    max_buffer=st.one_of(st.none(), st.integers(1, 120)),
+    options=limits,
+)
+def test_feed_single_request_takes_only_what_feed_gives_as_one_request(
+    before: bytes, data: bytes, max_buffer: int | None, options: dict[str, Any]
+) -> None:
+    if max_buffer is not None:
+        options = {**options, "max_buffer": max_buffer}
+    check_single(before, data, **options)
+
+
+@FUZZ
+@given(data=near_single_requests())
+def test_feed_single_request_refuses_a_request_one_line_off(data: bytes) -> None:
+    check_single(b"", data)
+
+
+@FUZZ
+@given(command=one_command)
+def test_feed_single_request_takes_every_canonical_request(command: Command) -> None:
+    """Every request as clients encode it is taken, unless a payload holds "\\r\\n" (then
+    the count of lines is off, and the general path takes it)."""
+    parser = RespParser()
+    taken = parser.feed_single_request(encode_command(command))
+    if any(b"\r\n" in arg for arg in command):
+        assert taken is None
+        parser.feed(encode_command(command))
+    else:
+        assert taken == command
+    assert parser.next_command() == command
+    assert parser.next_command() is None
+    # Two requests in one read (a pipeline) and a partial one are left to feed().
+    assert parser.feed_single_request(encode_command(command) * 2) is None
+    assert parser.feed_single_request(encode_command(command)[:-1]) is None
+    assert parser.buffered_bytes == 0
+
+
 # --- inline splitting against a port of Redis's sdssplitargs --------------------------------
 
 

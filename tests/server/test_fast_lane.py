@@ -1,10 +1,15 @@
-"""The fast lane of a pipeline (``commands.run_plain``): the plain GETs and SETs of a pipeline
-read at once run without a dispatch per request, and must answer exactly as ``execute`` does.
+"""The fast lanes for plain GETs and SETs, which must answer exactly as ``execute`` does:
 
-The property test sends the same commands to two servers: to one as a single pipeline (so the
-parser reads them ahead and the fast lane takes the plain GETs and SETs among them), to the
-other one command per read (so each goes through ``execute``), and compares every byte the
-two connections were sent.
+- a pipeline's (``commands.run_plain``): the plain requests the parser read ahead from one
+  read run without a dispatch per request;
+- a lone request's (``RespParser.feed_single_request`` then ``commands.plain_reply``): a read
+  holding one whole request, as a client waiting for each reply sends, is answered without
+  the parser's buffer, ``_process()`` or a dispatch.
+
+The property test sends the same commands to three servers: as a single pipeline (the first
+lane), one command per read (the second), and one byte per read, so that each request is
+completed by its last byte in the parser's buffer and goes through ``execute``, and compares
+every byte the three connections were sent.
 """
 
 from __future__ import annotations
@@ -41,15 +46,19 @@ _command = st.one_of(
 )
 
 
-async def _replies(directory: Path, commands: list[tuple[bytes, ...]], at_once: bool) -> bytes:
+async def _replies(directory: Path, commands: list[tuple[bytes, ...]], reads: str) -> bytes:
     store = KvStore.open(directory, max_key_size=32)
     server = KvsServer(store, host="127.0.0.1", port=0)
     await server.start()
     try:
         connection, transport = _connect(server)
         wire = [encode_command(list(command)) for command in commands]
-        for data in [b"".join(wire)] if at_once else wire:
-            connection.data_received(data)
+        for request in [b"".join(wire)] if reads == "pipeline" else wire:
+            if reads == "bytes":
+                for at in range(len(request)):
+                    connection.data_received(request[at : at + 1])
+            else:
+                connection.data_received(request)
             await asyncio.sleep(0)  # the end of the loop turn: replies are written
         await asyncio.sleep(0)
         return b"".join(transport.writes)
@@ -59,13 +68,14 @@ async def _replies(directory: Path, commands: list[tuple[bytes, ...]], at_once: 
 
 @settings(max_examples=150, deadline=None)
 @given(st.lists(_command, min_size=1, max_size=40))
-def test_a_pipeline_gets_the_replies_of_one_command_at_a_time(
-    commands: list[tuple[bytes, ...]],
-) -> None:
+def test_the_fast_lanes_give_the_replies_of_execute(commands: list[tuple[bytes, ...]]) -> None:
     with tempfile.TemporaryDirectory() as root:
-        one_by_one = asyncio.run(_replies(Path(root) / "one", commands, at_once=False))
-        pipelined = asyncio.run(_replies(Path(root) / "all", commands, at_once=True))
-    assert pipelined == one_by_one
+        replies = {
+            reads: asyncio.run(_replies(Path(root) / reads, commands, reads))
+            for reads in ("bytes", "requests", "pipeline")
+        }
+    assert replies["requests"] == replies["bytes"]
+    assert replies["pipeline"] == replies["bytes"]
 
 
 def test_run_plain_stops_at_other_commands_and_at_the_budget(tmp_path: Path) -> None:

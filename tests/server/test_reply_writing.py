@@ -13,9 +13,12 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import logging
 from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
 from typing import Any
+
+import pytest
 
 from kvs.server.app import KvsServer, _Connection
 from kvs.store import KvStore
@@ -210,3 +213,71 @@ def test_a_set_in_a_pipelines_fast_lane_waits_for_the_group_commit(tmp_path: Pat
             assert out.writes == [b"$1\r\nv\r\n" + b"+OK\r\n" * 3]
 
     asyncio.run(scenario())
+
+
+def test_a_lone_set_answered_at_once_waits_for_the_group_commit(tmp_path: Path) -> None:
+    """A read holding one plain SET is answered without _process() (the lone request's fast
+    lane, commands.plain_reply); its +OK must still wait for the turn's fsync, and become an
+    error when that fails. The PING first ends the handshake, which the lane waits for."""
+
+    async def scenario() -> None:
+        async with serving(tmp_path, sync="always") as server:
+            set_k = b"*3\r\n$3\r\nSET\r\n$1\r\nk\r\n$1\r\nv\r\n"
+            connection, out = _connect(server)
+            connection.data_received(b"PING\r\n")
+            await asyncio.sleep(0)
+            with failing_fsync(server) as synced:
+                connection.data_received(set_k)
+                await asyncio.sleep(0)
+            assert synced == [True]
+            assert out.writes[0] == b"+PONG\r\n"
+            assert out.writes[1].startswith(b"-ERR fsync failed") and out.closed
+
+            connection, out = _connect(server)  # and with a working fsync, +OK
+            connection.data_received(b"PING\r\n")
+            await asyncio.sleep(0)
+            connection.data_received(set_k)
+            await asyncio.sleep(0)
+            assert out.writes == [b"+PONG\r\n", b"+OK\r\n"]
+
+    asyncio.run(scenario())
+
+
+def test_a_bug_in_a_command_is_answered_and_ends_only_its_connection(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    """An exception that is not a store error (a bug) is logged with its traceback, answered
+    with an error, and closes that connection; other clients go on being served. Both ways a
+    SET can run: the lone request's fast lane (after a PING ends the handshake) and
+    _process() (the first request of a connection)."""
+    set_boom = b"*3\r\n$3\r\nSET\r\n$4\r\nboom\r\n$1\r\nv\r\n"
+
+    async def scenario() -> None:
+        async with serving(tmp_path) as server:
+            store = server.state.store
+            real_set = store.set
+
+            def buggy_set(key: Any, value: Any) -> None:
+                if key == b"boom":
+                    raise RuntimeError("a bug")
+                real_set(key, value)
+
+            store.set = buggy_set  # type: ignore[method-assign]
+            for first in (b"PING\r\n", None):
+                connection, out = _connect(server)
+                if first is not None:
+                    connection.data_received(first)
+                    await asyncio.sleep(0)
+                connection.data_received(set_boom)
+                await asyncio.sleep(0)
+                assert out.writes[-1] == b"-ERR internal error (see the server log)\r\n"
+                assert out.closed
+            other, out = _connect(server)
+            other.data_received(b"*3\r\n$3\r\nSET\r\n$1\r\nk\r\n$1\r\nv\r\n")
+            await asyncio.sleep(0)
+            assert out.writes == [b"+OK\r\n"] and not out.closed
+
+    with caplog.at_level(logging.ERROR, logger="kvs.server"):
+        asyncio.run(scenario())
+    failures = [r for r in caplog.records if r.getMessage().startswith("error while serving")]
+    assert len(failures) == 2 and all(r.exc_info for r in failures)

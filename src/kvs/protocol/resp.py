@@ -252,6 +252,7 @@ class RespParser:
         "_pos",
         "_ready",
         "_remaining",
+        "_single_limit",
         "_slow_until",
         "_unauthenticated",
     )
@@ -277,6 +278,9 @@ class RespParser:
         self._max_args = max_args
         self._max_inline_len = max_inline_len
         self._max_buffer = max_buffer
+        # feed_single_request() takes data up to this size; never when the inline limit
+        # is below the longest line it accepts unchecked, or once the parser failed.
+        self._single_limit = max_buffer if max_inline_len >= _AHEAD_MIN_LINE else -1
         self._buf = bytearray()
         self._pos = 0  # read offset into _buf; bytes before it are consumed
         # Requests parsed ahead by _parse_ahead and not returned yet, last one first; their
@@ -346,6 +350,7 @@ class RespParser:
 
     def _fail(self, message: str) -> ProtocolError:
         self._error = ProtocolError(message)
+        self._single_limit = -1
         return self._error
 
     def feed(self, data: bytes | bytearray | memoryview) -> None:
@@ -367,6 +372,50 @@ class RespParser:
             self._pos = 0
             self._slow_until = max(0, self._slow_until - pos)
         buf += data
+
+    def feed_single_request(self, data: bytes) -> list[bytes] | None:
+        """Take ``data`` straight into ``ready`` when it is exactly one complete request with
+        canonical framing within the limits and the parser holds nothing (the usual read of
+        a client that waits for each reply), and return that request, still in ``ready``.
+        Otherwise return None: nothing changed, and ``data`` is for ``feed``. Accepts only
+        what ``feed`` and ``next_command`` would return as this one request (the checks of
+        ``_parse_ahead``), without copying ``data`` into the buffer and out again."""
+        if self._pos < len(self._buf) or self._ready or self._remaining:
+            return None
+        if len(data) > self._single_limit:
+            return None  # over max_buffer (feed raises), or the parser failed
+        count = _COUNT_LINES.get(data[: data.find(b"\r\n")])
+        # Exactly 2 * count + 1 lines, each ended by "\r\n", and nothing after the last:
+        # then no payload holds "\r\n" (it would add a line), and every line is where the
+        # framing says. Counted before anything is split: a pipeline fails here, cheaply.
+        if (
+            count is None
+            or count > self._count_limit
+            or data.count(b"\r\n") != 2 * count + 1
+            or not data.endswith(b"\r\n")
+        ):
+            return None
+        lines = data.split(b"\r\n")
+        size = len(lines)
+        heads = self._bulk_lines  # "$<len>" for each length within the limit
+        try:
+            if size == 8:  # SET: spelt out, as in _parse_ahead
+                canonical = (
+                    lines[1] == heads[len(lines[2])]
+                    and lines[3] == heads[len(lines[4])]
+                    and lines[5] == heads[len(lines[6])]
+                )
+            elif size == 6:  # GET
+                canonical = lines[1] == heads[len(lines[2])] and lines[3] == heads[len(lines[4])]
+            else:
+                canonical = lines[1:-1:2] == [heads[len(arg)] for arg in lines[2:-1:2]]
+        except IndexError:  # a long argument: the general path formats and checks its line
+            return None
+        if not canonical:
+            return None
+        args = lines[2:-1:2]
+        self._ready.append(args)
+        return args
 
     def next_command(self) -> list[bytes] | None:
         """The next complete request as a non-empty list of arguments, or None for "feed more".

@@ -41,12 +41,21 @@ from dataclasses import dataclass
 from typing import Any, cast
 
 from kvs.protocol.resp import ProtocolError, RespParser
-from kvs.server.commands import ServerState, Session, Shutdown, execute, lookup, run_plain
+from kvs.server.commands import (
+    ServerState,
+    Session,
+    Shutdown,
+    execute,
+    lookup,
+    plain_reply,
+    run_plain,
+)
 from kvs.store import KvStore
 
 log = logging.getLogger("kvs.server")
 
 _MAX_CLIENTS_REPLY = b"-ERR max number of clients reached\r\n"
+_INTERNAL_ERROR_REPLY = b"-ERR internal error (see the server log)\r\n"
 _FSYNC_FAILED_REPLY = b"-ERR fsync failed: the write is not durable; see the server log\r\n"
 # Replies of one read are handed to the transport in pieces of about this size; when the
 # transport then says the client is not reading (pause_writing), the rest of the commands
@@ -157,6 +166,24 @@ class _Connection(asyncio.Protocol):
         parser, session = self.parser, self.session
         if parser is None or session is None:
             return
+        if (
+            not self.backlog
+            and not self.paused
+            and self.handshake is None
+            and session.authenticated
+            and session.transaction is None
+            and not session.closing
+        ):
+            argv = parser.feed_single_request(data)
+            if argv is not None:
+                # One whole request, as a client waiting for each reply sends: a plain GET or
+                # SET is answered here, without a pass through the parser's buffer,
+                # _process() and a dispatch (in process: ...); any other request is left in
+                # parser.ready for _process().
+                if self._answer_plain(session, argv):
+                    return
+                self._process()
+                return
         try:
             parser.feed(data)
         except ProtocolError as error:
@@ -165,6 +192,23 @@ class _Connection(asyncio.Protocol):
             return
         if not self.backlog:
             self._process()
+
+    def _answer_plain(self, session: Session, argv: list[bytes]) -> bool:
+        """Answer ``argv``, the request at the end of ``parser.ready``, if it is a plain GET
+        or SET (see ``commands.plain_reply``), and take it from there; False if it is not."""
+        parser, transport, server = self.parser, self.transport, self.server
+        assert parser is not None and transport is not None
+        if transport.is_closing():
+            return True  # as in _process(): a closing connection is served nothing more
+        try:
+            reply = plain_reply(server.state, session, argv)
+        except Exception:
+            reply = self._internal_error()
+        if reply is None:
+            return False
+        parser.ready.pop()
+        self._send(reply, len(argv) == 3 or not server.group_commit)
+        return True
 
     def _process(self) -> None:
         """Run the complete commands the parser holds and send their replies. Stops early,
@@ -229,10 +273,8 @@ class _Connection(asyncio.Protocol):
             self._send(b"".join(replies), wrote)
             server.request_shutdown()
             return
-        except Exception:  # a bug: log it, answer, and keep serving everyone else
-            log.exception("error while serving client %s", self._peer())
-            replies.append(b"-ERR internal error (see the server log)\r\n")
-            session.closing = True
+        except Exception:
+            replies.append(self._internal_error())
         self._send(replies[0] if len(replies) == 1 else b"".join(replies), wrote)
         if self.backlog:
             self.backlog = False
@@ -276,6 +318,14 @@ class _Connection(asyncio.Protocol):
                 self.writing = 0
         if session is not None and session.closing:
             transport.close()
+
+    def _internal_error(self) -> bytes:
+        """A bug: log it, answer with an error and close this connection, and keep serving
+        everyone else."""
+        log.exception("error while serving client %s", self._peer())
+        if self.session is not None:
+            self.session.closing = True
+        return _INTERNAL_ERROR_REPLY
 
     def _handshake_expired(self) -> None:
         self.handshake = None
