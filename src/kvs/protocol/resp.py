@@ -385,18 +385,15 @@ class RespParser:
         if len(data) > self._single_limit:
             return None  # over max_buffer (feed raises), or the parser failed
         count = _COUNT_LINES.get(data[: data.find(b"\r\n")])
+        if count is None or count > self._count_limit:
+            return None
         # Exactly 2 * count + 1 lines, each ended by "\r\n", and nothing after the last:
         # then no payload holds "\r\n" (it would add a line), and every line is where the
-        # framing says. Counted before anything is split: a pipeline fails here, cheaply.
-        if (
-            count is None
-            or count > self._count_limit
-            or data.count(b"\r\n") != 2 * count + 1
-            or not data.endswith(b"\r\n")
-        ):
-            return None
-        lines = data.split(b"\r\n")
+        # framing says. The split stops there, so a pipeline costs one request's split.
+        lines = data.split(b"\r\n", 2 * count + 1)
         size = len(lines)
+        if size != 2 * count + 2 or lines[-1]:
+            return None
         heads = self._bulk_lines  # "$<len>" for each length within the limit
         try:
             if size == 8:  # SET: spelt out, as in _parse_ahead
