@@ -16,6 +16,7 @@ from typing import Any
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from soakmode import soak_scale
+from test_resp import run  # feed chunks, drain commands, return (commands, error)
 
 from kvs.protocol import ProtocolError, RespParser, encode_command
 
@@ -218,19 +219,6 @@ def test_interleaved_feeds_and_pulls(ops: list[bytes | None], max_buffer: int) -
 # --- feed_single_request: one whole request, taken without the buffer ------------------------
 
 
-def drain(parser: RespParser, chunks: list[bytes]) -> Outcome:
-    """Feed the chunks to ``parser``, pulling commands after each (``parse`` on a given parser)."""
-    commands: list[Command] = []
-    try:
-        for chunk in chunks:
-            parser.feed(chunk)
-            while (command := parser.next_command()) is not None:
-                commands.append(command)
-    except ProtocolError as error:
-        return commands, str(error)
-    return commands, None
-
-
 one_command = st.lists(st.binary(max_size=30), min_size=1, max_size=6)
 
 
@@ -258,11 +246,11 @@ def check_single(before: bytes, data: bytes, **options: Any) -> None:
     nothing else behind, or changes nothing: feeding ``data`` then gives what it gives to a
     parser that never saw the call."""
     fast, slow = RespParser(**options), RespParser(**options)
-    assert drain(fast, [before]) == drain(slow, [before])
+    assert run(fast, [before]) == run(slow, [before])
     taken = fast.feed_single_request(data)
-    expected = drain(slow, [data])
+    expected = run(slow, [data])
     if taken is None:
-        assert drain(fast, [data]) == expected
+        assert run(fast, [data]) == expected
     else:
         assert expected == ([taken], None)
         assert slow.buffered_bytes == 0
