@@ -1620,6 +1620,7 @@ __all__ = [
     "Shutdown",
     "execute",
     "lookup",
+    "plain_reply",
     "register",
     "run_plain",
 ]
